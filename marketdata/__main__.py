@@ -1,0 +1,5 @@
+import sys
+
+from marketdata.cli import main
+
+sys.exit(main())

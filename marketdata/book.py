@@ -1,0 +1,174 @@
+"""The order book: integer ticks and lots, best-first views, and the book checksum.
+
+Pure code: no I/O, no clock. The simulator, the CLI client and the ingestor all
+use this one implementation, so a rebuilt book is exactly the exchange's.
+
+Levels live in a dict (price ticks -> size lots) per side, which makes a size
+change one dict store. A sorted list of the keys, kept best-first by storing bid
+prices negated, changes only when a level appears or disappears (bisect insert
+or delete), so a top-N read is a slice plus N lookups, never a sort.
+"""
+
+from __future__ import annotations
+
+import zlib
+from bisect import bisect_left, insort
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from marketdata.errors import SequenceGap
+
+# The same numbers as marketdata.v1.Side, so protobuf values pass through as they are.
+BID = 1
+ASK = 2
+
+CHECKSUM_DEPTH = 10
+
+Level = tuple[int, int]
+
+
+def checksum(bids: Iterable[Level], asks: Iterable[Level]) -> int:
+    """CRC32 of the best 10 asks then the best 10 bids, as DESIGN.md defines it.
+
+    Each side is best-first `ticks:lots` joined by ",", the sides joined by "|".
+    """
+    a = ",".join(f"{p}:{s}" for p, s in _take(asks, CHECKSUM_DEPTH))
+    b = ",".join(f"{p}:{s}" for p, s in _take(bids, CHECKSUM_DEPTH))
+    return zlib.crc32(f"{a}|{b}".encode("ascii"))
+
+
+def _take(levels: Iterable[Level], n: int) -> list[Level]:
+    out = []
+    for level in levels:
+        if len(out) == n:
+            break
+        out.append(level)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Top:
+    """Best bid and ask in ticks and lots; None where a side is empty."""
+
+    bid: Level | None
+    ask: Level | None
+
+    @property
+    def spread(self) -> int | None:
+        if self.bid is None or self.ask is None:
+            return None
+        return self.ask[0] - self.bid[0]
+
+    @property
+    def mid2(self) -> int | None:
+        """Twice the mid price in ticks (an integer, so no half-tick rounding)."""
+        if self.bid is None or self.ask is None:
+            return None
+        return self.ask[0] + self.bid[0]
+
+
+class OrderBook:
+    """One instrument's book at a sequence number."""
+
+    __slots__ = ("instrument", "seq", "_bids", "_asks", "_bid_keys", "_ask_keys")
+
+    def __init__(self, instrument: str, seq: int = 0) -> None:
+        self.instrument = instrument
+        self.seq = seq
+        self._bids: dict[int, int] = {}
+        self._asks: dict[int, int] = {}
+        self._bid_keys: list[int] = []  # negated prices, ascending = best first
+        self._ask_keys: list[int] = []  # prices, ascending = best first
+
+    # -- writing ---------------------------------------------------------
+
+    def reset(self, seq: int, bids: Iterable[Level] = (), asks: Iterable[Level] = ()) -> None:
+        """Replace the whole book (a snapshot at `seq`); levels of size 0 are skipped."""
+        self.seq = seq
+        self._bids = {p: s for p, s in bids if s}
+        self._asks = {p: s for p, s in asks if s}
+        self._bid_keys = sorted(-p for p in self._bids)
+        self._ask_keys = sorted(self._asks)
+
+    def advance(self, seq: int) -> None:
+        """Move to `seq`, which must follow the current one; raise SequenceGap if not."""
+        if seq != self.seq + 1:
+            raise SequenceGap(self.instrument, self.seq + 1, seq)
+        self.seq = seq
+
+    def set_bid(self, price: int, size: int) -> None:
+        levels = self._bids
+        if size:
+            if price not in levels:
+                insort(self._bid_keys, -price)
+            levels[price] = size
+        elif levels.pop(price, None) is not None:
+            keys = self._bid_keys
+            del keys[bisect_left(keys, -price)]
+
+    def set_ask(self, price: int, size: int) -> None:
+        levels = self._asks
+        if size:
+            if price not in levels:
+                insort(self._ask_keys, price)
+            levels[price] = size
+        elif levels.pop(price, None) is not None:
+            keys = self._ask_keys
+            del keys[bisect_left(keys, price)]
+
+    def set(self, side: int, price: int, size: int) -> None:
+        """Set the level at `price` on `side` (BID or ASK) to `size` lots; 0 removes it."""
+        if side == BID:
+            self.set_bid(price, size)
+        elif side == ASK:
+            self.set_ask(price, size)
+        else:
+            raise ValueError(f"{self.instrument}: bad side {side!r}")
+
+    # -- reading ---------------------------------------------------------
+
+    def bids(self, n: int | None = None) -> list[Level]:
+        """The best `n` bids (all when None), best first."""
+        levels = self._bids
+        keys = self._bid_keys if n is None else self._bid_keys[:n]
+        return [(-k, levels[-k]) for k in keys]
+
+    def asks(self, n: int | None = None) -> list[Level]:
+        """The best `n` asks (all when None), best first."""
+        levels = self._asks
+        keys = self._ask_keys if n is None else self._ask_keys[:n]
+        return [(k, levels[k]) for k in keys]
+
+    def size_at(self, side: int, price: int) -> int:
+        return (self._bids if side == BID else self._asks).get(price, 0)
+
+    def depth(self, side: int) -> int:
+        """How many levels one side holds."""
+        return len(self._bids if side == BID else self._asks)
+
+    @property
+    def best_bid(self) -> Level | None:
+        if not self._bid_keys:
+            return None
+        p = -self._bid_keys[0]
+        return (p, self._bids[p])
+
+    @property
+    def best_ask(self) -> Level | None:
+        if not self._ask_keys:
+            return None
+        p = self._ask_keys[0]
+        return (p, self._asks[p])
+
+    def top(self) -> Top:
+        return Top(self.best_bid, self.best_ask)
+
+    def is_crossed(self) -> bool:
+        """True when the best bid is at or above the best ask (crossed or locked)."""
+        return bool(self._bid_keys and self._ask_keys) and -self._bid_keys[0] >= self._ask_keys[0]
+
+    def checksum(self) -> int:
+        return checksum(self.bids(CHECKSUM_DEPTH), self.asks(CHECKSUM_DEPTH))
+
+    def __repr__(self) -> str:
+        return f"OrderBook({self.instrument!r}, seq={self.seq}, bids={len(self._bids)}, asks={len(self._asks)})"

