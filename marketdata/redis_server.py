@@ -69,6 +69,10 @@ class RedisServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="md-redis-")

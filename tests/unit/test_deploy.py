@@ -1,0 +1,70 @@
+"""The deployment files agree with the CLI (there is no Docker engine here to run them)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from marketdata.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _help(command: str) -> str:
+    parser = build_parser()
+    # argparse wraps lines; fold white space so "env NAME;" reads as one run
+    return " ".join(parser.commands[command].format_help().split())  # type: ignore[attr-defined]
+
+
+def test_compose_has_every_role(compose: dict) -> None:
+    services = compose["services"]
+    assert {"redis", "sim", "ingest", "bridge"} <= set(services)
+    assert services["sim"]["command"][0] == "sim"
+    assert services["ingest"]["command"][0] == "ingest"
+    assert services["bridge"]["command"][0] == "bridge"
+
+
+@pytest.mark.parametrize("role", ["sim", "ingest", "bridge"])
+def test_compose_environment_names_real_settings(compose: dict, role: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = compose["services"][role]
+    env = {k: str(v) for k, v in service["environment"].items()}
+    help_text = _help(service["command"][0])
+    for name in env:
+        assert f"env {name};" in help_text, f"{role}: {name} is not a setting of `marketdata {role}`"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ns = build_parser().parse_args(service["command"])
+    assert ns.command == role
+
+
+def test_services_point_at_each_other(compose: dict) -> None:
+    services = compose["services"]
+    sim_port = services["sim"]["environment"]["MD_SIM_PORT"]
+    assert services["ingest"]["environment"]["MD_SIM"] == f"sim:{sim_port}"
+    for role in ("ingest", "bridge"):
+        assert services[role]["environment"]["MD_REDIS_URL"].startswith("redis://redis:6379")
+    assert services["sim"]["environment"]["MD_SIM_HOST"] == "0.0.0.0"
+    assert services["bridge"]["environment"]["MD_BRIDGE_HOST"] == "0.0.0.0"
+
+
+def test_bridge_port_is_published(compose: dict) -> None:
+    bridge = compose["services"]["bridge"]
+    port = bridge["environment"]["MD_BRIDGE_PORT"]
+    targets = [str(p).rsplit(":", 1)[-1] for p in bridge["ports"]]
+    assert port in targets
+
+
+def test_dockerfile_installs_every_package_and_runs_the_cli() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    for folder in ("marketdata", "bridge", "web", "proto"):
+        assert re.search(rf"^COPY {folder} {folder}$", text, re.M), f"Dockerfile does not copy {folder}/"
+    assert 'ENTRYPOINT ["marketdata"]' in text
+    assert (ROOT / "pyproject.toml").read_text().count('"web"') >= 1
