@@ -4,9 +4,9 @@ Pure code: no I/O, no clock. The simulator, the CLI client and the ingestor all
 use this one implementation, so a rebuilt book is exactly the exchange's.
 
 Levels live in a dict (price ticks -> size lots) per side, which makes a size
-change one dict store. A sorted list of the keys, kept best-first by storing bid
-prices negated, changes only when a level appears or disappears (bisect insert
-or delete), so a top-N read is a slice plus N lookups, never a sort.
+change one dict store. A sorted list of each side's prices (ascending: the best
+ask first, the best bid last) changes only when a level appears or disappears
+(bisect insert or delete), so a top-N read is a slice plus N lookups, never a sort.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import zlib
 from bisect import bisect_left, insort
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 from marketdata.errors import SequenceGap
 
@@ -32,18 +33,9 @@ def checksum(bids: Iterable[Level], asks: Iterable[Level]) -> int:
 
     Each side is best-first `ticks:lots` joined by ",", the sides joined by "|".
     """
-    a = ",".join(f"{p}:{s}" for p, s in _take(asks, CHECKSUM_DEPTH))
-    b = ",".join(f"{p}:{s}" for p, s in _take(bids, CHECKSUM_DEPTH))
+    a = ",".join([f"{p}:{s}" for p, s in islice(asks, CHECKSUM_DEPTH)])
+    b = ",".join([f"{p}:{s}" for p, s in islice(bids, CHECKSUM_DEPTH)])
     return zlib.crc32(f"{a}|{b}".encode("ascii"))
-
-
-def _take(levels: Iterable[Level], n: int) -> list[Level]:
-    out = []
-    for level in levels:
-        if len(out) == n:
-            break
-        out.append(level)
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +69,10 @@ class OrderBook:
         self.seq = seq
         self._bids: dict[int, int] = {}
         self._asks: dict[int, int] = {}
-        self._bid_keys: list[int] = []  # negated prices, ascending = best first
-        self._ask_keys: list[int] = []  # prices, ascending = best first
+        # Prices ascending on both sides, so a read has no negation to undo:
+        # the best bid is the last key, the best ask the first.
+        self._bid_keys: list[int] = []
+        self._ask_keys: list[int] = []
 
     # -- writing ---------------------------------------------------------
 
@@ -87,7 +81,7 @@ class OrderBook:
         self.seq = seq
         self._bids = {p: s for p, s in bids if s}
         self._asks = {p: s for p, s in asks if s}
-        self._bid_keys = sorted(-p for p in self._bids)
+        self._bid_keys = sorted(self._bids)
         self._ask_keys = sorted(self._asks)
 
     def advance(self, seq: int) -> None:
@@ -96,15 +90,40 @@ class OrderBook:
             raise SequenceGap(self.instrument, self.seq + 1, seq)
         self.seq = seq
 
+    def apply(self, changes: Iterable[tuple[int, int, int]]) -> None:
+        """Apply absolute level changes `(side, price, size)` in order; size 0 removes a level.
+
+        The same as calling `set` for each change, without a call per change (the hot path).
+        """
+        bids, asks = self._bids, self._asks
+        bid_keys, ask_keys = self._bid_keys, self._ask_keys
+        for side, price, size in changes:
+            if side == BID:
+                if size:
+                    if price not in bids:
+                        insort(bid_keys, price)
+                    bids[price] = size
+                elif bids.pop(price, None) is not None:
+                    del bid_keys[bisect_left(bid_keys, price)]
+            elif side == ASK:
+                if size:
+                    if price not in asks:
+                        insort(ask_keys, price)
+                    asks[price] = size
+                elif asks.pop(price, None) is not None:
+                    del ask_keys[bisect_left(ask_keys, price)]
+            else:
+                raise ValueError(f"{self.instrument}: bad side {side!r}")
+
     def set_bid(self, price: int, size: int) -> None:
         levels = self._bids
         if size:
             if price not in levels:
-                insort(self._bid_keys, -price)
+                insort(self._bid_keys, price)
             levels[price] = size
         elif levels.pop(price, None) is not None:
             keys = self._bid_keys
-            del keys[bisect_left(keys, -price)]
+            del keys[bisect_left(keys, price)]
 
     def set_ask(self, price: int, size: int) -> None:
         levels = self._asks
@@ -129,18 +148,32 @@ class OrderBook:
 
     def bids(self, n: int | None = None) -> list[Level]:
         """The best `n` bids (all when None), best first."""
-        levels = self._bids
-        keys = self._bid_keys if n is None else self._bid_keys[:n]
-        return [(-k, levels[-k]) for k in keys]
+        levels, keys = self._bids, self._bid_keys
+        if n is None:
+            return [(p, levels[p]) for p in reversed(keys)]
+        if n <= 0:
+            return []
+        return [(p, levels[p]) for p in keys[-1 : -n - 1 : -1]]  # the last n keys, best first
 
     def asks(self, n: int | None = None) -> list[Level]:
         """The best `n` asks (all when None), best first."""
-        levels = self._asks
-        keys = self._ask_keys if n is None else self._ask_keys[:n]
-        return [(k, levels[k]) for k in keys]
+        levels, keys = self._asks, self._ask_keys
+        if n is None:
+            return [(p, levels[p]) for p in keys]
+        if n <= 0:
+            return []
+        return [(p, levels[p]) for p in keys[:n]]
 
     def size_at(self, side: int, price: int) -> int:
         return (self._bids if side == BID else self._asks).get(price, 0)
+
+    def level_at(self, side: int, index: int) -> Level:
+        """The level at `index` of one side, best-first (-1: the worst); IndexError if absent."""
+        if side == BID:
+            p = self._bid_keys[-1 - index]
+            return (p, self._bids[p])
+        p = self._ask_keys[index]
+        return (p, self._asks[p])
 
     def depth(self, side: int) -> int:
         """How many levels one side holds."""
@@ -150,7 +183,7 @@ class OrderBook:
     def best_bid(self) -> Level | None:
         if not self._bid_keys:
             return None
-        p = -self._bid_keys[0]
+        p = self._bid_keys[-1]
         return (p, self._bids[p])
 
     @property
@@ -165,10 +198,14 @@ class OrderBook:
 
     def is_crossed(self) -> bool:
         """True when the best bid is at or above the best ask (crossed or locked)."""
-        return bool(self._bid_keys and self._ask_keys) and -self._bid_keys[0] >= self._ask_keys[0]
+        return bool(self._bid_keys and self._ask_keys) and self._bid_keys[-1] >= self._ask_keys[0]
 
     def checksum(self) -> int:
-        return checksum(self.bids(CHECKSUM_DEPTH), self.asks(CHECKSUM_DEPTH))
+        """The book checksum (see `checksum`), made straight from the sorted keys."""
+        asks, bids = self._asks, self._bids
+        a = ",".join([f"{p}:{asks[p]}" for p in self._ask_keys[:CHECKSUM_DEPTH]])
+        b = ",".join([f"{p}:{bids[p]}" for p in self._bid_keys[-1 : -CHECKSUM_DEPTH - 1 : -1]])
+        return zlib.crc32(f"{a}|{b}".encode("ascii"))
 
     def __repr__(self) -> str:
         return f"OrderBook({self.instrument!r}, seq={self.seq}, bids={len(self._bids)}, asks={len(self._asks)})"

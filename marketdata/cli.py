@@ -140,11 +140,13 @@ class _Parser(argparse.ArgumentParser):
         shown = ",".join(default) if isinstance(default, tuple) else default
         if shown in ("", None, ()):
             shown = "none"
+        # argparse %-formats help text: a "%" in a value (a URL-quoted password) must be doubled
+        shown = str(shown).replace("%", "%%")
         self.add_argument(flag, type=_typed(kind), default=default, help=f"{help} [env {env}; default {shown}]", **kw)
 
-    def flag(self, flag: str, env: str, help: str) -> None:
+    def flag(self, flag: str, env: str, help: str, default: bool = False) -> None:
         """An on/off switch; --no-X turns it off."""
-        default = self._env(env, boolean, False)
+        default = self._env(env, boolean, default)
         self.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f"{help} [env {env}; default {'on' if default else 'off'}]")
 
 
@@ -156,7 +158,8 @@ def build_parser() -> _Parser:
     root = _Parser(
         prog="marketdata",
         description="Live order books from a simulated exchange, fanned out through Redis to WebSocket bridges.",
-        epilog="Run `marketdata up` to start everything; `marketdata COMMAND --help` explains each command.",
+        epilog="Run `marketdata up` to start everything; `marketdata COMMAND --help` explains each command. "
+        "Every setting is a flag and an MD_* environment variable (`marketdata sim --port` or MD_SIM_PORT); the flag wins.",
     )
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
@@ -192,7 +195,7 @@ def build_parser() -> _Parser:
     p.opt("--depth", "MD_DEPTH", positive_int, 25, "levels per side in each published snapshot (at least 10)")
     p.opt("--prefix", "MD_PREFIX", str, "md", "prefix of every Redis key and channel")
     p.opt("--instruments", "MD_INSTRUMENTS", id_list, (), "comma list of instruments to ingest (default: all the simulator lists)")
-    p.flag("--coalesce", "MD_COALESCE", "publish one snapshot per changed instrument per drain (--no-coalesce: one per event)")
+    p.flag("--coalesce", "MD_COALESCE", "publish one snapshot per changed instrument per drain (--no-coalesce: one per event)", default=True)
     p.opt("--heartbeat-ttl", "MD_HEARTBEAT_TTL", positive_float, 3.0, "seconds the heartbeat key lives without a refresh")
     p.opt("--trades-history", "MD_TRADES_HISTORY", positive_int, 50, "recent trades kept per instrument")
     _common(p)
@@ -214,8 +217,8 @@ def build_parser() -> _Parser:
     p.opt("--sim", "MD_SIM", address, "127.0.0.1:50051", "simulator address host:port")
     p.opt("--instruments", "MD_INSTRUMENTS", id_list, (), "comma list of instruments (default: all)")
     p.opt("--depth", "MD_CLIENT_DEPTH", positive_int, 10, "levels per side to show")
-    p.opt("--count", "MD_COUNT", count, 0, "stop after this many updates (0: run until Ctrl-C)")
-    p.flag("--json", "MD_JSON", "print one JSON line per update instead of the ladder")
+    p.opt("--count", "MD_COUNT", count, 0, "stop after this many updates (an update is one instrument whose book changed in one batch from the simulator, checked against the exchange's checksum; 0: run until Ctrl-C)")
+    p.flag("--json", "MD_JSON", "print one JSON line per update instead of the ladder: instrument, seq, ts (µs), bid, bid_size, ask, ask_size, spread, spread_bps, mid, checksum, verified")
     _common(p)
 
     p = sub.add_parser("loadtest", help="measure a bridge with many WebSocket clients", description="Open many WebSocket clients against a bridge and report delivered messages/s and latency.")

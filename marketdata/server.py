@@ -1,0 +1,364 @@
+"""The simulated exchange's gRPC server (`marketdata sim`): a thin shell around the model.
+
+One generator task steps the pure order-flow model (marketdata.model) at the
+configured rate and turns what is due into protobuf bytes, once per tick: one
+chunk per instrument (at most max_batch events, checksum on its last event).
+Each subscriber gets those chunks, concatenated into EventBatch messages of its
+own instruments (a repeated field's encodings concatenate, so joining chunks
+never re-serialises anything), in a bounded queue. A subscriber whose queue is
+full is dropped from it and resynced: its queued batches are discarded and it
+gets fresh snapshots of its instruments when it next reads, so a slow reader
+costs a bounded amount of memory and sees a snapshot, never a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from marketdata.errors import MarketDataError
+from marketdata.instruments import Instrument, select
+from marketdata.model import Model
+from marketdata.settings import SimSettings
+from marketdata.v1 import market_data_pb2 as pb
+from marketdata.wire import WireEncoder, encode_events, snapshot_event
+
+__all__ = ["MAX_RATE", "SERVICE", "SimServer", "Subscriber", "WireEncoder", "encode_events", "run", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["MarketData"].full_name
+MAX_RATE = 100_000  # events/s per instrument, at most (what one core delivers is far less: see the README)
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_MIN_TICK = 0.005  # seconds between generator wake-ups at most: higher rates batch per tick
+_MAX_CATCH_UP = 2 * _MIN_TICK  # seconds of events one tick generates at most (or 64), so sends interleave
+_RESYNC_LOG_EVERY = 10.0  # seconds between two resync log lines of one subscriber
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# -- subscribers ---------------------------------------------------------------------------
+
+
+class Subscriber:
+    """One Subscribe stream: its instruments, its bounded queue of serialised batches."""
+
+    __slots__ = (
+        "peer", "instruments", "limit", "queue", "wake", "resync", "resyncs", "high_water", "sent", "_logged_at",
+        "_logged_resyncs",
+    )  # fmt: skip
+
+    def __init__(self, peer: str, instruments: tuple[str, ...], limit: int) -> None:
+        self.peer = peer
+        self.instruments = instruments
+        self.limit = limit
+        self.queue: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.resync = False  # the queue overflowed: send fresh snapshots next
+        self.resyncs = 0
+        self.high_water = 0  # the longest the queue has been
+        self.sent = 0  # batches handed to gRPC
+        self._logged_at = -_RESYNC_LOG_EVERY
+        self._logged_resyncs = 0
+
+    def push(self, data: bytes) -> None:
+        if self.resync:
+            return
+        queue = self.queue
+        if len(queue) >= self.limit:
+            queue.clear()
+            self.resync = True
+            self.resyncs += 1
+            now = time.monotonic()
+            if now - self._logged_at >= _RESYNC_LOG_EVERY:
+                # A reader stuck for good would log at every overflow: one line per period instead.
+                log.warning(
+                    "subscriber %s fell %d batches behind: queue dropped, resyncing with fresh snapshots"
+                    " (%d times since the last such line)",
+                    self.peer, self.limit, self.resyncs - self._logged_resyncs,
+                )  # fmt: skip
+                self._logged_at = now
+                self._logged_resyncs = self.resyncs
+        else:
+            queue.append(data)
+            if len(queue) > self.high_water:
+                self.high_water = len(queue)
+        self.wake.set()
+
+
+# -- the server ----------------------------------------------------------------------------
+
+
+class SimServer:
+    """The simulated exchange: model, generator task and gRPC server (health, reflection)."""
+
+    def __init__(self, settings: SimSettings) -> None:
+        if not 0 < settings.rate <= MAX_RATE:
+            raise MarketDataError(f"rate {settings.rate:g} is out of range: 0 < events/s per instrument <= {MAX_RATE}")
+        if settings.max_batch < 1 or settings.queue_batches < 1 or settings.burst_factor <= 0:
+            raise MarketDataError("max_batch, queue_batches and burst_factor must be positive")
+        self.settings = settings
+        self.instruments: tuple[Instrument, ...] = select(settings.instruments)
+        self._by_id = {inst.id: inst for inst in self.instruments}
+        self.model = Model(self.instruments, random.Random(settings.seed))
+        self._encoder = WireEncoder()
+        self.subscribers: set[Subscriber] = set()
+        self.generated = 0  # events generated so far
+        self._listing = pb.ListInstrumentsResponse(instruments=[_instrument_pb(i) for i in self.instruments])
+        self._server: aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.port = 0
+
+    # -- lifecycle --
+
+    async def start(self) -> int:
+        """Bind host:port (0: a free port), start serving and generating; return the port."""
+        s = self.settings
+        server = aio.server(options=[("grpc.so_reuseport", 0)])
+        handlers = {
+            "ListInstruments": grpc.unary_unary_rpc_method_handler(
+                self._list_instruments,
+                request_deserializer=pb.ListInstrumentsRequest.FromString,
+                response_serializer=pb.ListInstrumentsResponse.SerializeToString,
+            ),
+            "GetSnapshot": grpc.unary_unary_rpc_method_handler(
+                self._get_snapshot,
+                request_deserializer=pb.GetSnapshotRequest.FromString,
+                response_serializer=pb.Event.SerializeToString,
+            ),
+            # Batches are serialised once by the generator and shared: bytes go out as they are.
+            "Subscribe": grpc.unary_stream_rpc_method_handler(
+                self._subscribe,
+                request_deserializer=pb.SubscribeRequest.FromString,
+                response_serializer=None,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        server.add_registered_method_handlers(SERVICE, handlers)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            port = server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError as exc:
+            raise MarketDataError(f"cannot listen on {s.host}:{s.port}: {exc}") from None
+        await server.start()
+        for name in ("", SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        self.port = port
+        self._task = asyncio.create_task(self._generate(), name="sim-generator")
+        log.info(
+            "listening on %s:%d (%d instruments, %g events/s each, seed %d)",
+            s.host, port, len(self.instruments), s.rate, s.seed,
+        )  # fmt: skip
+        return port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop generating, end every stream, and stop the gRPC server after `grace` seconds."""
+        if self._server is None:
+            return
+        self._closing = True
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        for sub in self.subscribers:
+            sub.wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self._server.stop(grace)
+        self._server = None
+        log.info("stopped")
+
+    # -- generation --
+
+    def _rate_at(self, elapsed: float) -> float:
+        s = self.settings
+        if s.burst_factor != 1.0 and elapsed % s.burst_every < s.burst_length:
+            return s.rate * s.burst_factor
+        return s.rate
+
+    async def _generate(self) -> None:
+        start = last = time.monotonic()
+        due = 0.0
+        behind_logged = 0.0
+        while True:
+            now = time.monotonic()
+            rate = self._rate_at(now - start)
+            due += rate * (now - last)
+            last = now
+            count = int(due)
+            cap = max(64, int(rate * _MAX_CATCH_UP))
+            if count > cap:
+                if now - behind_logged > 10.0:
+                    log.warning("generator cannot keep up with %g events/s per instrument; skipping ahead", rate)
+                    behind_logged = now
+                count = cap
+                due = float(count)
+            due -= count
+            if count:
+                self._emit(count)
+            await asyncio.sleep(max(_MIN_TICK, (1.0 - due) / rate))
+
+    def _emit(self, count: int) -> None:
+        """Generate `count` events per instrument, serialise them once, queue them to subscribers."""
+        ts = _now_us()
+        model = self.model
+        encode = self._encoder.events
+        max_batch = self.settings.max_batch
+        chunks: dict[str, list[tuple[bytes, int]]] = {}
+        for inst in self.instruments:
+            parts = []
+            left = count
+            while left:
+                n = min(left, max_batch)
+                parts.append((encode(model.generate(inst.id, n, ts)), n))
+                left -= n
+            chunks[inst.id] = parts
+        self.generated += count * len(self.instruments)
+        if not self.subscribers:
+            return
+        packed: dict[tuple[str, ...], list[bytes]] = {}
+        for sub in self.subscribers:
+            messages = packed.get(sub.instruments)
+            if messages is None:
+                messages = packed[sub.instruments] = _pack(chunks, sub.instruments, max_batch)
+            for data in messages:
+                sub.push(data)
+
+    # -- RPCs --
+
+    async def _list_instruments(
+        self, request: pb.ListInstrumentsRequest, context: aio.ServicerContext
+    ) -> pb.ListInstrumentsResponse:
+        return self._listing
+
+    async def _get_snapshot(self, request: pb.GetSnapshotRequest, context: aio.ServicerContext) -> pb.Event:
+        name = await self._check_ids([request.instrument], context)
+        return snapshot_event(self.model.snapshot(name[0], _now_us()))
+
+    async def _check_ids(self, ids: Iterable[str], context: aio.ServicerContext) -> tuple[str, ...]:
+        """The known instruments among `ids` (deduplicated, in order) or abort the call."""
+        chosen: dict[str, None] = {}
+        for name in ids:
+            if not _ID.fullmatch(name):
+                what = "an empty instrument id" if not name else f"malformed instrument id {name!r}"
+                rule = "ids are 1-32 letters, digits, '.', '_' or '-'"
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {rule}")
+            if name not in self._by_id:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown instrument {name!r}")
+            chosen[name] = None
+        return tuple(chosen)
+
+    def _snapshots(self, instruments: tuple[str, ...]) -> bytes:
+        ts = _now_us()
+        return self._encoder.snapshots([self.model.snapshot(name, ts) for name in instruments])
+
+    async def _subscribe(self, request: pb.SubscribeRequest, context: aio.ServicerContext) -> AsyncIterator[bytes]:
+        ids = await self._check_ids(request.instruments, context) if request.instruments else tuple(self._by_id)
+        peer = context.peer()
+        sub = Subscriber(peer, ids, self.settings.queue_batches)
+        # Registered and snapshotted with no await in between: the queue starts right after the snapshot.
+        self.subscribers.add(sub)
+        first = self._snapshots(ids)
+        log.info("subscriber %s connected (%d instruments)", peer, len(ids))
+        reason = "closed by the client"
+        try:
+            yield first
+            queue = sub.queue
+            while not self._closing:
+                if sub.resync:
+                    data = self._snapshots(ids)
+                    queue.clear()
+                    sub.resync = False
+                elif queue:
+                    data = queue.popleft()
+                else:
+                    sub.wake.clear()
+                    await sub.wake.wait()
+                    continue
+                sub.sent += 1
+                yield data
+            reason = "server stopping"
+        finally:
+            self.subscribers.discard(sub)
+            log.info("subscriber %s disconnected (%s, %d resyncs)", peer, reason, sub.resyncs)
+
+
+def _pack(chunks: dict[str, list[tuple[bytes, int]]], instruments: tuple[str, ...], max_batch: int) -> list[bytes]:
+    """Concatenate the chunks of `instruments` into messages of at most max_batch events."""
+    messages: list[bytes] = []
+    parts: list[bytes] = []
+    n = 0
+    for name in instruments:
+        for data, count in chunks[name]:
+            if parts and n + count > max_batch:
+                messages.append(b"".join(parts))
+                parts, n = [], 0
+            parts.append(data)
+            n += count
+    if parts:
+        messages.append(parts[0] if len(parts) == 1 else b"".join(parts))
+    return messages
+
+
+def _instrument_pb(inst: Instrument) -> pb.Instrument:
+    return pb.Instrument(
+        id=inst.id,
+        kind=inst.kind,
+        description=inst.description,
+        tick_size=inst.tick_size,
+        lot_size=inst.lot_size,
+        price_decimals=inst.price_decimals,
+        size_decimals=inst.size_decimals,
+    )
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+async def serve(settings: SimSettings) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully."""
+    server = SimServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.stop(1.0)
+
+
+def run(settings: SimSettings) -> int:
+    """The `marketdata sim` entry: blocking, uvloop when available."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+    return 0
