@@ -18,7 +18,11 @@ from marketdata.v1 import market_data_pb2 as pb
 
 @dataclass(slots=True)
 class BatchResult:
-    """What one batch changed: instrument -> exchange time of its last event, and its trades."""
+    """What one batch changed: instrument -> exchange time of its last event, and its trades.
+
+    Only events applied to a ready book count; those skipped while a book waits for
+    its snapshot appear nowhere.
+    """
 
     changed: dict[str, int] = field(default_factory=dict)
     trades: list[pb.Event] = field(default_factory=list)
@@ -56,17 +60,26 @@ class Books:
         snapshot) or UnknownInstrument. Incremental events for a book still waiting for
         its snapshot are skipped.
         """
-        name = event.instrument
+        kind = event.WhichOneof("body") or "unknown"
+        self._apply(event, event.instrument, kind)
+        return kind
+
+    def _apply(self, event: pb.Event, name: str, kind: str) -> int:
+        """Apply one event; return the number of level changes applied, -1 if it was skipped.
+
+        The caller has read `name` and `kind` already: each protobuf field read costs
+        about as much as a book change, so none is read twice.
+        """
         book = self.books.get(name)
         if book is None:
             raise UnknownInstrument(name)
-        kind = event.WhichOneof("body")
+        applied = 0
         if kind == "snapshot":
             snap = event.snapshot
             book.reset(event.seq, [(lv.price, lv.size) for lv in snap.bids], [(lv.price, lv.size) for lv in snap.asks])
             self._ready.add(name)
         elif name not in self._ready:
-            return kind or "unknown"
+            return -1
         else:
             try:
                 book.advance(event.seq)
@@ -74,31 +87,38 @@ class Books:
                 self._ready.discard(name)
                 raise
             if kind == "update":
+                changes = event.update.changes
                 set_bid, set_ask = book.set_bid, book.set_ask
-                for lv in event.update.changes:
+                for lv in changes:
                     if lv.side == BID:
                         set_bid(lv.price, lv.size)
                     else:
                         set_ask(lv.price, lv.size)
+                applied = len(changes)
         if event.HasField("checksum"):
             ours = book.checksum()
             if ours != event.checksum:
                 self._ready.discard(name)
                 raise ChecksumMismatch(name, event.seq, event.checksum, ours)
-        return kind or "unknown"
+        return applied
 
     def apply_batch(self, events: Iterable[pb.Event]) -> BatchResult:
         """Apply a batch in order; the result says which books changed (for coalescing)."""
         result = BatchResult()
-        changed = result.changed
+        changed, trades, apply = result.changed, result.trades, self._apply
+        snapshots = level_changes = 0
         for event in events:
-            kind = self.apply(event)
-            if event.instrument in self._ready:
-                changed[event.instrument] = event.ts
-            if kind == "trade":
-                result.trades.append(event)
+            name = event.instrument
+            kind = event.WhichOneof("body") or "unknown"
+            applied = apply(event, name, kind)
+            if applied < 0:
+                continue  # skipped: its book still waits for a snapshot
+            changed[name] = event.ts
+            if kind == "update":
+                level_changes += applied
+            elif kind == "trade":
+                trades.append(event)
             elif kind == "snapshot":
-                result.snapshots += 1
-            elif kind == "update":
-                result.level_changes += len(event.update.changes)
+                snapshots += 1
+        result.snapshots, result.level_changes = snapshots, level_changes
         return result
