@@ -11,7 +11,7 @@ from marketdata import schema
 from marketdata.book import BID, OrderBook
 from marketdata.errors import ChecksumMismatch, SequenceGap, UnknownInstrument
 from marketdata.ingest import Backoff, redact, select_instruments
-from marketdata.outbox import IngestStats, Outbox, encode_drain
+from marketdata.outbox import IngestStats, Outbox, drain_commands
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
 from marketdata.model import Model, Snapshot, Trade, Update
 from marketdata.model import Event as ModelEvent
@@ -155,23 +155,6 @@ def test_redact_hides_only_the_password() -> None:
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
 
 
-def parse_resp(data: bytes) -> list[list[bytes]]:
-    """Commands back out of the Redis protocol (test-side reader)."""
-    commands, i = [], 0
-    while i < len(data):
-        end = data.index(b"\r\n", i)
-        assert data[i : i + 1] == b"*"
-        n, i, args = int(data[i + 1 : end]), end + 2, []
-        for _ in range(n):
-            end = data.index(b"\r\n", i)
-            size = int(data[i + 1 : end])
-            args.append(data[end + 2 : end + 2 + size])
-            assert data[end + 2 + size : end + 4 + size] == b"\r\n"
-            i = end + 4 + size
-        commands.append(args)
-    return commands
-
-
 def test_a_drain_is_a_few_commands_whatever_its_size() -> None:
     m, box = model(), outbox()
     box.apply([to_pb(m.snapshot("BTC-USD", 1)), to_pb(m.snapshot("ETH-USD", 1))], pts=1)
@@ -179,10 +162,9 @@ def test_a_drain_is_a_few_commands_whatever_its_size() -> None:
     drain = box.take(pts=3)
     trades = drain.trades[b"md:trades:BTC-USD"]
     assert len(trades) > 3 and list(drain.trades) == [b"md:trades:BTC-USD"], "the model should have traded in 3000 events"
-    data, replies = encode_drain(drain, b"md:instruments", history=3)
-    commands = parse_resp(data)
-    assert replies == len(commands) == 3
-    assert commands[0] == [b"SET", b"md:instruments", drain.instruments]
-    assert commands[1][0] == b"EVAL" and commands[1][2:] == [b"2", b"md:book:BTC-USD", b"md:book:ETH-USD", *(p for _, p in drain.books)]
-    assert commands[2][0] == b"EVAL" and commands[2][2:] == [b"1", b"md:trades:BTC-USD", b"3", *trades]
+    commands = drain_commands(drain, b"md:instruments", history=3)
+    assert len(commands) == 3
+    assert commands[0] == (b"SET", b"md:instruments", drain.instruments)
+    assert commands[1][0] == b"EVAL" and commands[1][2:] == (b"2", b"md:book:BTC-USD", b"md:book:ETH-USD", *(p for _, p in drain.books))
+    assert commands[2][0] == b"EVAL" and commands[2][2:] == (b"1", b"md:trades:BTC-USD", b"3", *trades)
     assert not box.take(pts=4)

@@ -1,0 +1,215 @@
+"""What the ingestor publishes: verified books in, encoded snapshots, trades and Redis commands out.
+
+Pure code (no gRPC, no Redis connection, no clock): `Outbox` applies simulator
+batches to `feed.Books` and keeps what is due since the last drain, one snapshot
+per changed instrument (coalescing); `drain_commands` turns a drain into a few
+pipelined Redis commands whatever its size. The ingestor is the shell that feeds
+it batches and sends the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from marketdata import schema
+from marketdata.book import OrderBook
+from marketdata.errors import BookError
+from marketdata.feed import Books
+from marketdata.instruments import Instrument
+from marketdata.settings import IngestSettings
+from marketdata.v1 import market_data_pb2 as pb
+
+MAX_PENDING = 20_000  # trades, or snapshots with coalescing off, held while Redis is away; the oldest go first
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters for tests, logs and the benchmark; they only grow."""
+
+    events: int = 0
+    level_changes: int = 0
+    snapshots: int = 0  # snapshot events received
+    trades: int = 0  # trade events received
+    batches: int = 0  # gRPC messages read
+    drains: int = 0  # pipelines written
+    publishes: int = 0  # book snapshots published
+    trade_publishes: int = 0
+    gaps: int = 0
+    checksum_mismatches: int = 0
+    resubscribes: int = 0
+    reconnects: int = 0  # simulator connections retried
+    redis_reconnects: int = 0
+    dropped: int = 0  # messages given up while Redis was away (trades; snapshots when not coalescing)
+
+
+@dataclass(slots=True)
+class Drain:
+    """What one round trip writes: the instrument list (when due), book snapshots, trades."""
+
+    instruments: bytes | None = None
+    books: list[tuple[bytes, bytes]] = field(default_factory=list)  # (channel = key, payload), in order
+    trades: dict[bytes, list[bytes]] = field(default_factory=dict)  # channel = list key -> payloads, oldest first
+    trade_count: int = 0
+
+    def __bool__(self) -> bool:
+        return self.instruments is not None or bool(self.books) or bool(self.trades)
+
+
+class Outbox:
+    """The books and what is waiting to be published: pure, no I/O, no clock.
+
+    `apply` takes one gRPC batch; `take` returns everything due since the last take,
+    encoded, with book snapshots coalesced to one per instrument (or, with
+    coalesce=False, one per event, encoded right after each event).
+    """
+
+    def __init__(self, instruments: Iterable[Instrument], settings: IngestSettings, stats: IngestStats) -> None:
+        self.instruments = {inst.id: inst for inst in instruments}
+        self.books = Books(self.instruments)
+        keys = schema.Keys(settings.prefix)
+        self.book_keys = {name: keys.book(name).encode() for name in self.instruments}
+        self.trade_keys = {name: keys.trades(name).encode() for name in self.instruments}
+        self.depth = settings.depth
+        self.coalesce = settings.coalesce
+        self.stats = stats
+        self.instruments_payload = schema.encode_instruments(self.instruments.values())
+        self.instruments_due = True
+        self._changed: dict[str, int] = {}  # instrument -> exchange ts of its last applied event
+        self._last_ts: dict[str, int] = {}
+        self._books_out: list[tuple[bytes, bytes]] = []  # coalesce=False only
+        self._trades_out: dict[bytes, list[bytes]] = {}
+        self._trade_count = 0
+
+    def apply(self, events: Sequence[pb.Event], pts: int) -> None:
+        """Apply one batch, whole. A BookError leaves every book unusable until its next snapshot."""
+        try:
+            if self.coalesce:
+                result = self.books.apply_batch(events)
+                self._changed.update(result.changed)
+                trades, stats = result.trades, self.stats
+                stats.level_changes += result.level_changes
+                stats.snapshots += result.snapshots
+            else:
+                trades = self._apply_each(events, pts)
+        except BookError:
+            # The books are part-way through a batch: publish none of them until fresh snapshots.
+            self.books.invalidate()
+            self._changed.clear()
+            raise
+        if trades:
+            self._add_trades(trades)
+
+    def _apply_each(self, events: Sequence[pb.Event], pts: int) -> list[pb.Event]:
+        apply, is_ready, books, stats = self.books.apply, self.books.is_ready, self.books.books, self.stats
+        out: list[tuple[bytes, bytes]] = []
+        trades = []
+        for event in events:
+            kind = apply(event)
+            name = event.instrument
+            if not is_ready(name):
+                continue  # skipped: its book waits for a snapshot
+            if kind == "update":
+                stats.level_changes += len(event.update.changes)
+            elif kind == "trade":
+                trades.append(event)
+            elif kind == "snapshot":
+                stats.snapshots += 1
+            out.append((self.book_keys[name], self._encode(name, books[name], event.ts, pts)))
+            self._last_ts[name] = event.ts
+        pending = self._books_out
+        pending.extend(out)  # only once the whole batch verified
+        if len(pending) > MAX_PENDING:
+            stats.dropped += len(pending) - MAX_PENDING
+            del pending[: len(pending) - MAX_PENDING]
+        return trades
+
+    def _add_trades(self, trades: list[pb.Event]) -> None:
+        out, encode, insts, keys = self._trades_out, schema.encode_trade, self.instruments, self.trade_keys
+        for ev in trades:
+            name, t = ev.instrument, ev.trade
+            payload = encode(insts[name], ev.seq, ev.ts, t.price, t.size, t.aggressor)
+            pending = out.get(keys[name])
+            if pending is None:
+                out[keys[name]] = [payload]
+            else:
+                pending.append(payload)
+        self.stats.trades += len(trades)
+        self._trade_count += len(trades)
+        if self._trade_count > MAX_PENDING:  # Redis is away: keep the newest of each instrument
+            keep = MAX_PENDING // len(out)
+            for key, pending in out.items():
+                if len(pending) > keep:
+                    self.stats.dropped += len(pending) - keep
+                    del pending[: len(pending) - keep]
+            self._trade_count = sum(map(len, out.values()))
+
+    def _encode(self, name: str, book: OrderBook, ts: int, pts: int) -> bytes:
+        return schema.encode_book(self.instruments[name], book, self.depth, ts, pts, book.checksum())
+
+    def take(self, pts: int) -> Drain:
+        """Everything due now, encoded; `pts` is the publish time stamped on the snapshots."""
+        drain = Drain()
+        if self.instruments_due:
+            drain.instruments = self.instruments_payload
+            self.instruments_due = False
+        if self._changed:
+            changed, self._changed = self._changed, {}
+            self._last_ts.update(changed)
+            is_ready, books, keys = self.books.is_ready, self.books.books, self.book_keys
+            drain.books = [(keys[n], self._encode(n, books[n], ts, pts)) for n, ts in changed.items() if is_ready(n)]
+        if self._books_out:
+            drain.books.extend(self._books_out)
+            self._books_out = []
+        if self._trades_out:
+            drain.trades, drain.trade_count = self._trades_out, self._trade_count
+            self._trades_out, self._trade_count = {}, 0
+        return drain
+
+    def republish_all(self) -> None:
+        """Make every usable book and the instrument list due again (after Redis came back)."""
+        self.instruments_due = True
+        for name, ts in self._last_ts.items():
+            if self.books.is_ready(name):
+                self._changed.setdefault(name, ts)
+
+
+# Each drain is a few commands whatever its size: the scripts do the per-message
+# PUBLISH, SET, LPUSH and LTRIM inside Redis, atomically, so a reader never sees a
+# key ahead of or behind its channel, and the ingestor packs one argument per
+# message instead of a whole command (redis-py takes about 20 us to pack a command).
+_BOOKS_LUA = b"""
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i])
+  redis.call('PUBLISH', KEYS[i], ARGV[i])
+end
+return #KEYS
+"""
+_TRADES_LUA = b"""
+local keep = tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end
+for i = math.max(2, #ARGV - keep + 1), #ARGV do redis.call('LPUSH', KEYS[1], ARGV[i]) end
+redis.call('LTRIM', KEYS[1], 0, keep - 1)
+return #ARGV - 1
+"""
+
+
+Command = tuple[bytes, ...]
+
+
+def drain_commands(drain: Drain, instruments_key: bytes, history: int) -> list[Command]:
+    """The drain as a few Redis commands for one pipelined round trip, whatever its size.
+
+    SET of the instrument list; one EVAL that does SET + PUBLISH of every snapshot in
+    order; per instrument with trades, one EVAL that PUBLISHes each trade, LPUSHes the
+    newest `history` (so the list is newest first) and LTRIMs the list to `history`.
+    """
+    commands: list[Command] = []
+    if drain.instruments is not None:
+        commands.append((b"SET", instruments_key, drain.instruments))
+    if drain.books:
+        keys = [k for k, _ in drain.books]
+        commands.append((b"EVAL", _BOOKS_LUA, b"%d" % len(keys), *keys, *[p for _, p in drain.books]))
+    for key, payloads in drain.trades.items():
+        commands.append((b"EVAL", _TRADES_LUA, b"1", key, b"%d" % history, *payloads))
+    return commands
