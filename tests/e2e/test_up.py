@@ -56,7 +56,10 @@ class Up:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+                self.proc.wait()
             self._reader.join(5)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
 
 @pytest.fixture
