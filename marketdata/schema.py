@@ -114,6 +114,34 @@ def encode_heartbeat(ts: int, source: str) -> bytes:
     return orjson.dumps({"v": VERSION, "ts": ts, "source": source})
 
 
+def decode_instruments(payload: bytes | str) -> tuple[Instrument, ...]:
+    """The instrument list as encode_instruments wrote it; raise MessageError naming what is wrong."""
+    try:
+        items = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise MessageError(f"instrument list is not JSON: {exc}") from None
+    if not isinstance(items, list):
+        raise MessageError("instrument list is not a JSON array")
+    try:
+        return tuple(Instrument(**{k: item[k] for k in _INSTRUMENT_FIELDS}) for item in items)
+    except (TypeError, KeyError, ValueError, ArithmeticError) as exc:
+        raise MessageError(f"bad instrument in the list: {exc!r}") from None
+
+
+_INSTRUMENT_FIELDS = ("id", "kind", "description", "tick_size", "lot_size", "price_decimals", "size_decimals")
+
+
+def heartbeat_ts(payload: bytes | str) -> int:
+    """The `ts` (µs since the epoch) of a heartbeat value; raise MessageError if it has none."""
+    try:
+        ts = orjson.loads(payload).get("ts")
+    except (orjson.JSONDecodeError, AttributeError):
+        raise MessageError("heartbeat is not a JSON object") from None
+    if not isinstance(ts, int):
+        raise MessageError("heartbeat has no integer ts")
+    return ts
+
+
 _BOOK_FIELDS = ("instrument", "seq", "ts", "pts", "bids", "asks", "checksum")
 _TRADE_FIELDS = ("instrument", "seq", "ts", "price", "size", "side")
 

@@ -1,0 +1,127 @@
+"""The bridge's Prometheus view: plain counters on the hot path, read at scrape time.
+
+The hot path only adds to integer fields of `Stats` (tens of nanoseconds), never
+calls prometheus-client per message; a custom collector turns them into metric
+families when /metrics is scraped. Each app gets its own registry, so several
+bridges can live in one process (the tests do that).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Seconds from a message's arrival from Redis to its write on a socket.
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Latency:
+    """A histogram cheap enough to observe per delivery: one bisect and two adds."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts):
+            running += n
+            out.append((repr(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters the hub and the sockets bump; monotonic except where noted."""
+
+    messages_in: int = 0  # payloads received from Redis pub/sub (good or bad)
+    messages_out: int = 0  # frames written to sockets
+    conflated: int = 0  # pending messages overwritten by a newer one before a slow socket took them
+    stale: int = 0  # messages dropped because the receiver already had that seq or a newer one
+    bad_messages: int = 0  # garbage payloads on a channel, dropped
+    slow_consumer_closes: int = 0
+    origin_rejects: int = 0
+    redis_reconnects: int = 0
+    latency: Latency = field(default_factory=Latency)
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """Levels read from the hub when scraped."""
+
+    sockets: int
+    subscriptions: int
+    feed_live: bool
+    redis_up: bool
+
+
+_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("bridge_messages_in", "messages_in", "Messages received from Redis pub/sub."),
+    ("bridge_messages_out", "messages_out", "Messages written to WebSocket clients."),
+    ("bridge_conflated", "conflated", "Pending messages replaced by a newer one for a slow client (latest-only)."),
+    ("bridge_stale_dropped", "stale", "Messages not sent because the client already had that sequence or a newer one."),
+    ("bridge_bad_messages", "bad_messages", "Garbage messages on a Redis channel, logged and dropped."),
+    ("bridge_slow_consumer_closes", "slow_consumer_closes", "Sockets closed 1008 for staying stuck in a send."),
+    ("bridge_origin_rejects", "origin_rejects", "WebSocket handshakes refused for a disallowed Origin."),
+    ("bridge_redis_reconnects", "redis_reconnects", "Times the pub/sub connection to Redis was re-established."),
+)
+
+
+class _Collector:
+    """Turns Stats and the hub's gauges into metric families at scrape time."""
+
+    def __init__(self, stats: Stats, gauges: Callable[[], Gauges]) -> None:
+        self._stats = stats
+        self._gauges = gauges
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(Gauges(0, 0, False, False))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._gauges())
+
+    def _families(self, g: Gauges) -> Iterator[Metric]:
+        s = self._stats
+        yield GaugeMetricFamily("bridge_sockets_open", "WebSocket clients connected to this bridge.", value=g.sockets)
+        yield GaugeMetricFamily("bridge_subscriptions", "Redis pub/sub channels this bridge is subscribed to.", value=g.subscriptions)
+        yield GaugeMetricFamily("bridge_feed_live", "1 when the ingestor's heartbeat is fresh and Redis reachable.", value=int(g.feed_live))
+        yield GaugeMetricFamily("bridge_redis_up", "1 when the bridge's pub/sub connection to Redis is up.", value=int(g.redis_up))
+        for name, attr, doc in _COUNTERS:
+            yield CounterMetricFamily(name, doc, value=getattr(s, attr))
+        yield HistogramMetricFamily(
+            "bridge_send_latency_seconds",
+            "Seconds from a message's arrival from Redis to its write on a socket.",
+            buckets=s.latency.cumulative(),
+            sum_value=s.latency.total,
+        )
+
+
+class Metrics:
+    """One registry per app, holding the bridge's collector."""
+
+    def __init__(self, stats: Stats, gauges: Callable[[], Gauges]) -> None:
+        self.stats = stats
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(stats, gauges))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,123 @@
+"""The bridge's WebSocket protocol: client requests in, server control messages out.
+
+Pure code: bytes or text in, values or bytes out. Book and trade messages are not
+here; they go out as the exact bytes Redis delivered (see bridge.hub).
+
+Client requests on the multiplexed socket (/ws)::
+
+    {"op":"subscribe","instruments":["BTC-USD",...],"trades":true}
+    {"op":"unsubscribe","instruments":[...]}
+    {"op":"ping"}
+
+Server answers: subscribed, unsubscribed, pong, error (codes bad_json,
+bad_request, unknown_instrument) and feed; see DESIGN.md and the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import orjson
+
+MAX_INSTRUMENTS = 256  # ids in one request
+MAX_ID_LENGTH = 64  # characters of an instrument id
+_SHOWN = 40  # characters of a bad value quoted back in a message
+
+BAD_JSON = "bad_json"
+BAD_REQUEST = "bad_request"
+UNKNOWN_INSTRUMENT = "unknown_instrument"
+
+
+class RequestError(ValueError):
+    """A client request the bridge cannot act on; `code` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    instruments: tuple[str, ...]
+    trades: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    instruments: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+Request = Union[Subscribe, Unsubscribe, Ping]
+
+
+def shown(value: object) -> str:
+    """A client-supplied value, quoted and cut short, for an error message or close reason."""
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
+
+
+def parse_request(data: str | bytes) -> Request:
+    """One client frame as a request; raise RequestError naming what is wrong."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise RequestError(BAD_JSON, "the frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise RequestError(BAD_REQUEST, "a request is a JSON object with an \"op\" field")
+    op = obj.get("op")
+    if op == "ping":
+        return Ping()
+    if op == "subscribe":
+        trades = obj.get("trades", False)
+        if not isinstance(trades, bool):
+            raise RequestError(BAD_REQUEST, "\"trades\" must be true or false")
+        return Subscribe(_instruments(obj), trades)
+    if op == "unsubscribe":
+        return Unsubscribe(_instruments(obj))
+    if op is None:
+        raise RequestError(BAD_REQUEST, "the request has no \"op\" (subscribe, unsubscribe or ping)")
+    raise RequestError(BAD_REQUEST, f"unknown op {shown(op)}: use subscribe, unsubscribe or ping")
+
+
+def _instruments(obj: dict[str, object]) -> tuple[str, ...]:
+    ids = obj.get("instruments")
+    if not isinstance(ids, list) or not ids:
+        raise RequestError(BAD_REQUEST, "\"instruments\" must be a non-empty array of instrument ids")
+    if len(ids) > MAX_INSTRUMENTS:
+        raise RequestError(BAD_REQUEST, f"at most {MAX_INSTRUMENTS} instruments per request")
+    for i in ids:
+        if not isinstance(i, str) or not i or len(i) > MAX_ID_LENGTH:
+            raise RequestError(BAD_REQUEST, f"instrument ids are non-empty strings of at most {MAX_ID_LENGTH} characters, not {shown(i)}")
+    return tuple(dict.fromkeys(ids))
+
+
+def unknown_instrument(instrument: str) -> str:
+    """The one wording of the unknown-instrument answer (HTTP detail, close reason, error)."""
+    return f"unknown instrument {shown(instrument)}"
+
+
+def subscribed(instruments: tuple[str, ...]) -> bytes:
+    return orjson.dumps({"type": "subscribed", "instruments": instruments})
+
+
+def unsubscribed(instruments: tuple[str, ...]) -> bytes:
+    return orjson.dumps({"type": "unsubscribed", "instruments": instruments})
+
+
+PONG = orjson.dumps({"type": "pong"})
+
+
+def error(code: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": code, "message": message})
+
+
+def feed(live: bool, since: int, reason: str) -> bytes:
+    """The feed state message; `since` is when this state began, µs since the epoch."""
+    return orjson.dumps({"type": "feed", "live": live, "since": since, "reason": reason})
