@@ -87,7 +87,11 @@ class RedisServer:
             "--loglevel", "warning",
             "--logfile", str(Path(self._dir.name) / "server.log"),
         ]
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its own session: a Ctrl-C in the terminal must not stop Redis before the
+        # processes that use it; whoever started it stops it last.
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         self._wait_ready(timeout)
         log.info("redis server %s listening on %s (pid %d)", Path(self.binary).name, self.url, self._proc.pid)
         return self
