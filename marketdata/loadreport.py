@@ -1,0 +1,135 @@
+"""What `marketdata loadtest` shows: live progress while it runs, a summary at the end.
+
+Progress goes to stderr (a rich live panel on a terminal, a plain line every two
+seconds otherwise, nothing with --json); the summary table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from marketdata import latency
+from marketdata.loadtest import Plan, Result, Totals
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _mb(x: float) -> str:
+    return f"{x / 1e6:,.1f} MB/s"
+
+
+class LiveView:
+    """Live progress of one load test; a context manager around `update`."""
+
+    def __init__(self, plan: Plan, quiet: bool = False) -> None:
+        self.plan = plan
+        self.quiet = quiet
+        self.console = Console(stderr=True)
+        self.live: Live | None = None
+        self.processes = plan.processes or os.cpu_count() or 1
+        self._prev_books = 0
+        self._prev_cpu = 0.0
+        self._prev_hist = latency.new()
+        self._prev_at = 0.0
+        self._printed = 0.0
+
+    def __enter__(self) -> LiveView:
+        if self.quiet:
+            return self
+        p = self.plan
+        path = {"single": "/ws/market_data/{id}", "multi": "/ws", "socketio": "socket.io"}[p.protocol]
+        self.console.print(
+            f"[bold]marketdata loadtest[/]: {p.clients:,} clients ({p.protocol}, {path}) over {len(p.instruments)} "
+            f"instrument(s) at {', '.join(p.urls)}; {p.warmup:g} s warm-up, then {p.duration:g} s measured"
+        )
+        if self.console.is_terminal:
+            self.live = Live(console=self.console, refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+            self.live = None
+
+    def update(self, phase: str, totals: Totals, elapsed: float) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if not self._prev_at:
+            self._prev_at, self._prev_cpu = now, totals.cpu
+        span = max(now - self._prev_at, 1e-6)
+        rate = (totals.books - self._prev_books) / span
+        share = (totals.cpu - self._prev_cpu) / span / max(1, self.processes)
+        recent = latency.subtract(totals.hist_ts, self._prev_hist)
+        p50, p99 = latency.percentile(recent, 0.5) / 1000, latency.percentile(recent, 0.99) / 1000
+        self._prev_books, self._prev_hist, self._prev_at, self._prev_cpu = totals.books, list(totals.hist_ts), now, totals.cpu
+        total = {"warm-up": self.plan.warmup, "measuring": self.plan.duration}.get(phase)
+        clock = f"{elapsed:4.1f} / {total:g} s" if total else f"{elapsed:4.1f} s"
+        if self.live is not None:
+            self.live.update(self._panel(phase, clock, totals, rate, p50, p99, share))
+        elif now - self._printed >= 2.0:
+            self._printed = now
+            self.console.print(
+                f"{phase} {clock}: {totals.open:,}/{self.plan.clients:,} open, {_n(rate)} msgs/s, "
+                f"p50 {p50:.1f} ms p99 {p99:.1f} ms, {totals.regressions} regressions, load generator at "
+                f"{share:.0%} of its cores", highlight=False)
+
+    def _panel(self, phase: str, clock: str, t: Totals, rate: float, p50: float, p99: float, share: float) -> Table:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        grid.add_row("phase", f"{phase}  {clock}")
+        grid.add_row("sockets", f"{t.open:,} open of {self.plan.clients:,}  ({t.connect_failures:,} failed to connect"
+                                f", {sum(t.closed.values()):,} closed by the server)")
+        grid.add_row("delivered", f"{_n(rate)} msgs/s   ({t.books:,} messages so far)")
+        grid.add_row("latency (ts)", f"p50 {p50:.1f} ms   p99 {p99:.1f} ms   (last half second)")
+        style = "red" if t.regressions else "green"
+        grid.add_row("sequence", f"[{style}]{t.regressions:,} regressions[/]   {t.conflated:,} seqs conflated")
+        grid.add_row("load generator", f"{share:.0%} of its {self.processes} cores")
+        return grid
+
+
+def print_summary(result: Result, console: Console | None = None) -> None:
+    console = console or Console()
+    t, p = result.totals, result.plan
+    ts, pts = result.latency_ts, result.latency_pts
+    table = Table(title=f"marketdata loadtest: {t.window:.1f} s measured", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("clients", f"{t.connected:,} connected of {p.clients:,} ({p.protocol}), {t.connect_failures:,} "
+                             f"failed to connect, {sum(t.closed.values()):,} closed by the server, {t.open:,} open at the end")
+    table.add_row("delivered", f"{_n(t.rate)} msgs/s   {_mb(t.byte_rate)}   ({t.books:,} book messages, "
+                               f"{t.others:,} others)")
+    for name, s in (("latency from ts", ts), ("latency from pts", pts)):
+        table.add_row(name, f"p50 {s.p50:.2f} ms   p90 {s.p90:.2f} ms   p99 {s.p99:.2f} ms   max {s.max:.2f} ms")
+    if t.per_client:
+        counts = sorted(t.per_client)
+        table.add_row("per client", f"min {counts[0]:,}   median {counts[len(counts) // 2]:,}   max {counts[-1]:,} messages")
+    style = "red" if t.regressions else "green"
+    table.add_row("sequence", f"[{style}]{t.regressions:,} regressions (errors)[/]   {t.conflated:,} seqs skipped "
+                              "(conflated by design, not loss)")
+    table.add_row("errors", f"{t.errors:,} error messages, {t.stale_notices:,} feed-stale notices")
+    table.add_row("load generator", f"{result.processes} processes, {result.cpu_us_per_message:.1f} µs CPU per message, "
+                                    f"busiest at {t.busiest_cpu:.0%} of a core; ceiling ≈ {_n(result.ceiling)} msgs/s "
+                                    "with a core per process")
+    console.print(table)
+    if result.saturated:
+        console.print("[yellow]the load generator was saturated (a process near 100 % of a core): the server may "
+                      "deliver more than measured[/]")
+    if result.files_note:
+        console.print(result.files_note, highlight=False)
+    for reason, n in sorted(t.failure_reasons.items(), key=lambda kv: -kv[1])[:3]:
+        console.print(f"connect failures: {n:,} x {reason}", highlight=False)
+    for reason, n in sorted(t.closed.items(), key=lambda kv: -kv[1])[:3]:
+        console.print(f"closed by the server: {n:,} x {reason}", highlight=False)
+    for sample in t.error_samples:
+        console.print(f"error: {sample}", highlight=False)

@@ -1,0 +1,204 @@
+"""The whole pipeline as a user starts it, and the system Chromium, for browser work.
+
+`Pipeline` runs Redis (the project's embedded server), `marketdata sim`,
+`marketdata ingest` and `marketdata bridge` as subprocesses on free ports and can
+kill and restart the bridge or Redis on the same port. `launch_chromium` starts
+the system Chromium through Playwright. The browser tests, the screenshot script
+(`python -m tests.e2e.screenshot`) and bench/bench_dashboard.py share them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from marketdata.ports import free_port
+from marketdata.redis_server import RedisServer
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Playwright
+
+log = logging.getLogger(__name__)
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def find_chromium() -> str | None:
+    """The system Chromium: $MD_CHROMIUM if set, else `chromium` or `chromium-browser` on PATH."""
+    override = os.environ.get("MD_CHROMIUM")
+    if override:
+        return override if os.access(override, os.X_OK) else None
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class ChromiumMissing(RuntimeError):
+    """No system Chromium to drive."""
+
+
+def launch_chromium(playwright: Playwright, extra_args: list[str] | None = None) -> Browser:
+    """Launch the system Chromium headless (Playwright downloads no browser here)."""
+    path = find_chromium()
+    if path is None:
+        raise ChromiumMissing("no Chromium found: install it (apt-get install chromium) or set MD_CHROMIUM=/path/to/chromium")
+    return playwright.chromium.launch(executable_path=path, headless=True, args=[*CHROMIUM_ARGS, *(extra_args or [])])
+
+
+class Role:
+    """One `python -m marketdata ROLE ...` child process, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.args = [sys.executable, "-m", "marketdata", name, *args]
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """Die abruptly, as a crashed process would (no close frames, no goodbyes)."""
+        self.stop(signal.SIGKILL)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """Status and body of a GET; (0, b"") when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as res:
+            return res.status, res.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+class Pipeline:
+    """Redis + simulator + ingestor + one bridge, each on a free port, started in that order."""
+
+    def __init__(self, rate: float = 50.0, seed: int = 1, depth: int = 25, sim_args: list[str] | None = None) -> None:
+        self.rate = rate
+        self.seed = seed
+        self.depth = depth
+        self._dir = tempfile.TemporaryDirectory(prefix="md-pipeline-")
+        self.log_dir = Path(self._dir.name)
+        self.redis = RedisServer()
+        self.sim_port = free_port()
+        self.bridge_port = free_port()
+        self.sim = Role("sim", ["--port", str(self.sim_port), "--rate", str(rate), "--seed", str(seed), *(sim_args or [])], self.log_dir)
+        self.ingest = Role("ingest", ["--sim", f"127.0.0.1:{self.sim_port}", "--redis-url", self.redis.url, "--depth", str(depth)], self.log_dir)
+        self.bridge = Role("bridge", ["--port", str(self.bridge_port), "--redis-url", self.redis.url], self.log_dir)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.bridge_port}"
+
+    def start(self, timeout: float = 30.0) -> Pipeline:
+        try:
+            self.redis.start()
+            self.sim.start()
+            self._wait(lambda: _port_open(self.sim_port), timeout, "the simulator to listen")
+            self.ingest.start()
+            self.bridge.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the bridge's /readyz answers 200 (Redis reachable, feed heartbeat fresh)."""
+        self._wait(lambda: http_get(f"{self.url}/readyz", 1.0)[0] == 200, timeout, "the bridge to be ready (/readyz 200)")
+
+    def instruments(self) -> list[dict[str, Any]]:
+        status, body = http_get(f"{self.url}/api/instruments")
+        if status != 200:
+            raise AssertionError(f"/api/instruments answered {status}: {body[:200]!r}")
+        return json.loads(body)
+
+    def kill_bridge(self) -> None:
+        self.bridge.kill()
+
+    def start_bridge(self, timeout: float = 30.0) -> None:
+        self.bridge.start()
+        self._wait(lambda: _port_open(self.bridge_port), timeout, "the bridge to listen again")
+
+    def _wait(self, ready: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            dead = [r for r in (self.sim, self.ingest, self.bridge) if r.proc is not None and not r.alive]
+            if dead or time.monotonic() > deadline:
+                reason = f"{', '.join(r.name for r in dead)} exited" if dead else f"timed out after {timeout:.0f} s"
+                raise AssertionError(f"{reason} waiting for {what}\n{self.logs()}")
+            time.sleep(0.05)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {r.name} log (last lines) ---\n{r.tail()}" for r in (self.sim, self.ingest, self.bridge))
+
+    def close(self) -> None:
+        for role in (self.bridge, self.ingest, self.sim):
+            role.stop()
+        self.redis.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,42 @@
+"""The fan-out benchmark's small configuration runs end to end: every contender delivers.
+
+No timing is asserted (performance is never asserted in tests); this only proves
+that the harness, the peers and the load generator still work together.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.services import CONTENDERS
+
+pytestmark = pytest.mark.slow
+
+
+def test_small_fanout_benchmark_runs_every_contender(tmp_path: Path) -> None:
+    out, chart = tmp_path / "fanout.json", tmp_path / "fanout.svg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.fanout", "--small", "--out", str(out), "--chart", str(chart)],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    measured = [p for p in data["points"] if "skipped" not in p]
+    assert {p["contender"] for p in measured} == set(CONTENDERS)
+    for point in measured:
+        name = point["contender"]
+        assert point["delivered_per_s"] > 0, f"{name} delivered nothing: {point.get('why')}"
+        assert point["connect_failures"] == 0, f"{name}: {point['connect_failures']} clients failed to connect"
+        assert point["regressions"] == 0, f"{name}: seq went backwards"
+        assert point["per_client"]["min"] > 0, f"{name}: a client received no book"
+        for field in ("p50_ms", "p99_ms", "cpu_s_per_1k", "rss_mb"):
+            assert point[field] is not None, f"{name}: no {field}"
+    assert set(data["capacity"]["by_contender"]) == set(CONTENDERS)
+    assert chart.read_text().lstrip().startswith(("<?xml", "<!--", "<svg"))
+    assert "sustained capacity" in proc.stdout

@@ -1,0 +1,328 @@
+"""The dashboard in a real headless Chromium, against the real pipeline.
+
+One pipeline (Redis, simulator, ingestor, bridge as `marketdata` subprocesses) and
+one browser serve the whole module; each test opens its own browser context. The
+tests that kill the bridge and restart Redis come last and leave the pipeline
+whole again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import string
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.e2e.browser import Pipeline, find_chromium, launch_chromium
+
+pytestmark = pytest.mark.browser
+
+WAIT_MS = 20_000  # the longest any condition may take before the test fails
+
+PANEL_JS = """
+(id) => {
+  const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
+  if (!p) return null;
+  const texts = (sel) => [...p.querySelectorAll(sel)].map((n) => n.textContent).filter((t) => t !== '');
+  const badge = p.querySelector('.badge');
+  return {
+    state: p.dataset.state,
+    seq: p.dataset.seq ? Number(p.dataset.seq) : null,
+    status: (p.querySelector('.panel-status, .unknown-msg') || {}).textContent || '',
+    bid: (p.querySelector('.stat.bid dd') || {}).textContent || '',
+    ask: (p.querySelector('.stat.ask dd') || {}).textContent || '',
+    askPrices: texts('.lvl.ask .px'),
+    bidPrices: texts('.lvl.bid .px'),
+    sizes: texts('.lvl .sz'),
+    trades: texts('.trow:not(.thead) .s'),
+    verified: badge ? badge.dataset.verified : null,
+    badgeText: badge ? badge.textContent : '',
+    badgeColor: badge ? getComputedStyle(badge).color : '',
+  };
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        reason = "no system Chromium (apt-get install chromium, or set MD_CHROMIUM): browser tests need one"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI must run them")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(chromium: str) -> Iterator[Pipeline]:
+    with Pipeline(rate=40.0, seed=3) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+@dataclass
+class Dash:
+    """One browser context on the dashboard, with what its console said."""
+
+    page: Any
+    base: str
+    errors: list[str] = field(default_factory=list)
+
+    def open(self, query: str = "") -> None:
+        self.page.goto(f"{self.base}/{query}")
+
+    def panel(self, instrument: str) -> dict[str, Any] | None:
+        return self.page.evaluate(PANEL_JS, instrument)
+
+    def panel_ids(self) -> list[str]:
+        return self.page.evaluate("[...document.querySelectorAll('.panel')].map((p) => p.dataset.instrument)")
+
+    def wait(self, js: str, arg: Any = None, what: str = "", timeout: int = WAIT_MS) -> Any:
+        try:
+            return self.page.wait_for_function(js, arg=arg, timeout=timeout)
+        except Exception as exc:  # Playwright's TimeoutError: say what we waited for
+            raise AssertionError(f"timed out waiting for {what or js}: {exc}") from None
+
+    def wait_live(self, ids: list[str], what: str = "live panels") -> None:
+        self.wait(
+            """(ids) => ids.every((id) => {
+                 const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
+                 return p && p.dataset.state === 'live' && p.querySelector('.badge').dataset.verified === 'ok';
+               })""",
+            ids,
+            what=f"{what} {ids}",
+        )
+
+    def seqs(self, ids: list[str]) -> dict[str, int]:
+        return {i: self.panel(i)["seq"] for i in ids}
+
+    def wait_progress(self, before: dict[str, int], what: str = "books to move on") -> None:
+        self.wait(
+            """(before) => Object.entries(before).every(([id, seq]) => {
+                 const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
+                 return p && p.dataset.seq && Number(p.dataset.seq) !== seq;
+               })""",
+            before,
+            what=what,
+        )
+
+
+@pytest.fixture
+def dash(browser: Any, pipeline: Pipeline) -> Iterator[Dash]:
+    pipeline.wait_ready()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    d = Dash(page, pipeline.url)
+    page.on("console", lambda m: d.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: d.errors.append(f"uncaught: {e}"))
+    yield d
+    context.close()
+
+
+def _green(css_color: str) -> bool:
+    r, g, b = (int(x) for x in re.findall(r"\d+", css_color)[:3])
+    return g > r + 40 and g > b
+
+
+def test_default_page_shows_four_live_verified_books_without_console_errors(dash: Dash, pipeline: Pipeline) -> None:
+    first_four = [i["id"] for i in pipeline.instruments()[:4]]
+    dash.open()
+    dash.wait_live(first_four)
+    assert dash.panel_ids() == first_four, "the default selection is the first four listed instruments"
+
+    for inst in first_four:
+        p = dash.panel(inst)
+        assert p is not None
+        bid, ask = float(p["bid"]), float(p["ask"])
+        assert bid < ask, f"{inst}: best bid {bid} not below best ask {ask}"
+        asks = [float(x) for x in p["askPrices"]]
+        bids = [float(x) for x in p["bidPrices"]]
+        assert len(asks) == len(bids) == 10, f"{inst}: ladder rows {len(asks)} asks, {len(bids)} bids"
+        assert asks == sorted(asks, reverse=True) and bids == sorted(bids, reverse=True), f"{inst}: ladder out of order"
+        assert asks[-1] == ask and bids[0] == bid, f"{inst}: the best prices must sit next to the spread"
+        assert min(asks) > max(bids)
+        assert p["verified"] == "ok" and "verified" in p["badgeText"]
+        assert _green(p["badgeColor"]), f"{inst}: verified badge colour {p['badgeColor']} is not green"
+
+    dash.wait_progress(dash.seqs(first_four), "every panel to show a newer book")
+    dash.wait(
+        "() => [...document.querySelectorAll('.trow:not(.thead) .s')].some((n) => /^(▲ BUY|▼ SELL)$/.test(n.textContent))",
+        what="a trade labelled BUY or SELL in words, not colour only",
+    )
+    assert dash.page.locator("#conn").get_attribute("data-state") == "live"
+    assert dash.errors == [], f"console errors: {dash.errors}"
+
+
+def test_selection_round_trips_through_the_url(dash: Dash) -> None:
+    dash.open("?i=ETH-USD,AAPL")
+    dash.wait_live(["ETH-USD", "AAPL"])
+    assert dash.panel_ids() == ["ETH-USD", "AAPL"]
+    dash.page.evaluate("window.__sameDocument = true")
+
+    dash.page.locator('#picker-list input[value="MSFT"]').check()
+    dash.wait("() => location.search === '?i=ETH-USD,AAPL,MSFT'", what="the URL to list the added panel")
+    dash.wait_live(["MSFT"], "the added panel, subscribed on the open socket")
+
+    dash.page.get_by_role("button", name="Remove ETH-USD").click()
+    dash.wait("() => location.search === '?i=AAPL,MSFT'", what="the URL to drop the removed panel")
+    assert dash.panel_ids() == ["AAPL", "MSFT"]
+    assert not dash.page.locator('#picker-list input[value="ETH-USD"]').is_checked()
+    assert dash.page.evaluate("window.__sameDocument === true"), "adding or removing a panel reloaded the page"
+
+    bookmark = dash.page.url
+    dash.page.goto("about:blank")
+    dash.page.goto(bookmark)
+    dash.wait_live(["AAPL", "MSFT"], "panels from the bookmarked URL")
+    assert dash.panel_ids() == ["AAPL", "MSFT"]
+    assert dash.errors == [], f"console errors: {dash.errors}"
+
+
+def test_unknown_instrument_gets_a_message_in_place_of_its_panel(dash: Dash) -> None:
+    dash.open("?i=BTC-USD,NOPE-1,%3Cb%3Ebold%3C%2Fb%3E")
+    dash.wait_live(["BTC-USD"])
+    nope = dash.panel("NOPE-1")
+    assert nope is not None and nope["state"] == "unknown"
+    assert "Unknown instrument" in nope["status"] and "NOPE-1" in nope["status"]
+    markup = dash.panel("<b>bold</b>")
+    assert markup is not None and "<b>bold</b>" in markup["status"], "an id from the URL must show as text"
+    assert dash.page.locator(".panel b").count() == 0, "an id from the URL was parsed as HTML"
+    dash.page.get_by_role("button", name="Remove NOPE-1").click()
+    dash.wait("() => !location.search.includes('NOPE-1')", what="the unknown panel to go away")
+
+
+def test_a_corrupted_checksum_turns_the_badge_red(dash: Dash) -> None:
+    def relay(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def corrupt(message: str | bytes) -> None:
+            if isinstance(message, str) and '"instrument":"AAPL"' in message and '"type":"book"' in message:
+                message = re.sub(r'"checksum":(\d+)', lambda m: f'"checksum":{int(m.group(1)) ^ 1}', message)
+            ws.send(message)
+
+        server.on_message(corrupt)
+
+    dash.page.route_web_socket(re.compile(r".*/ws$"), relay)
+    dash.open("?i=BTC-USD,AAPL")
+    dash.wait_live(["BTC-USD"])
+    dash.wait(
+        "() => document.querySelector('.panel[data-instrument=\"AAPL\"] .badge').dataset.verified === 'bad'",
+        what="the AAPL badge to report a mismatch",
+    )
+    p = dash.panel("AAPL")
+    assert "mismatch" in p["badgeText"], "a mismatch must be said in words, not colour only"
+    assert not _green(p["badgeColor"])
+    assert dash.panel("BTC-USD")["verified"] == "ok"
+
+
+def test_checksum_in_the_browser_matches_zlib(dash: Dash) -> None:
+    dash.open("?i=")
+    rng = random.Random(5)
+    texts = ["101:2,103:7|100:5,99:3", "|", ""]
+    texts += ["".join(rng.choice(string.digits + ":,|") for _ in range(rng.randrange(1, 300))) for _ in range(50)]
+    got = dash.page.evaluate(
+        "async (texts) => { const { crc32 } = await import('/static/crc32.js'); return texts.map(crc32); }", texts
+    )
+    assert got == [zlib.crc32(t.encode()) for t in texts]
+    assert got[0] == 4181130011  # the README's worked example
+    units = dash.page.evaluate(
+        """async () => { const { decimalUnits } = await import('/static/instrument.js');
+             return [decimalUnits('0.0001', 4), decimalUnits('1000', 0), decimalUnits('0.25', 2), decimalUnits('0.00001', 5)]; }"""
+    )
+    assert units == [1, 1000, 25, 1]
+
+
+def test_phone_width_has_no_horizontal_overflow(browser: Any, pipeline: Pipeline) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(f"{pipeline.url}/?i=BTC-USD,EUR-USD,ES-DEC26")
+        page.wait_for_function(
+            "() => document.querySelectorAll('.panel[data-state=\"live\"]').length === 3", timeout=WAIT_MS
+        )
+        widths = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert widths[0] <= widths[1], f"page is {widths[0]} px wide in a {widths[1]} px viewport"
+        too_wide = page.evaluate(
+            "[...document.querySelectorAll('.panel')].filter((p) => p.getBoundingClientRect().right > innerWidth).length"
+        )
+        assert too_wide == 0
+    finally:
+        context.close()
+
+
+def test_theme_toggle_by_keyboard_is_remembered(dash: Dash) -> None:
+    dash.open("?i=BTC-USD")
+    dash.wait_live(["BTC-USD"])
+    assert dash.page.evaluate("document.documentElement.dataset.theme") == "dark", "dark is the default"
+    for _ in range(30):
+        dash.page.keyboard.press("Tab")
+        if dash.page.evaluate("document.activeElement.id") == "theme":
+            break
+    else:
+        raise AssertionError("the theme toggle cannot be reached with Tab")
+    outline = dash.page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("", "none"), "keyboard focus must be visible"
+    dash.page.keyboard.press("Enter")
+    assert dash.page.evaluate("document.documentElement.dataset.theme") == "light"
+    assert dash.page.locator("#theme").get_attribute("aria-pressed") == "true"
+    dash.page.reload()
+    assert dash.page.evaluate("document.documentElement.dataset.theme") == "light", "the light theme was not remembered"
+
+
+def test_bridge_restart_shows_disconnected_then_recovers(dash: Dash, pipeline: Pipeline) -> None:
+    ids = ["BTC-USD", "ETH-USD"]
+    dash.open("?i=" + ",".join(ids))
+    dash.wait_live(ids)
+    pipeline.kill_bridge()
+    dash.wait("() => document.querySelector('#conn').dataset.state !== 'live'", what="the indicator to leave 'live'")
+    assert "Disconnected" in dash.page.locator("#conn").inner_text() or "Reconnecting" in dash.page.locator("#conn").inner_text()
+    dash.wait(
+        "() => [...document.querySelectorAll('.panel')].every((p) => p.dataset.state === 'stale')",
+        what="every panel to go stale while disconnected",
+    )
+    assert "Disconnected since" in dash.panel("BTC-USD")["status"]
+    before = dash.seqs(ids)
+
+    pipeline.start_bridge()
+    dash.wait("() => document.querySelector('#conn').dataset.state === 'live'", what="the socket to come back by itself", timeout=40_000)
+    dash.wait_live(ids, "panels after the bridge came back")
+    dash.wait_progress(before, "books to move on after the reconnect")
+
+
+def test_redis_restart_shows_stale_then_recovers(dash: Dash, pipeline: Pipeline) -> None:
+    ids = ["SOL-USD", "AAPL"]
+    dash.open("?i=" + ",".join(ids))
+    dash.wait_live(ids)
+    pipeline.redis.kill()
+    try:
+        dash.wait(
+            "() => [...document.querySelectorAll('.panel')].every((p) => p.dataset.state === 'stale')",
+            what="panels to go stale without Redis",
+        )
+        status = dash.panel("SOL-USD")["status"]
+        assert re.search(r"stale since \d\d:\d\d:\d\d|no update since \d\d:\d\d:\d\d", status, re.I), status
+        before = dash.seqs(ids)
+    finally:
+        pipeline.redis.start()
+    dash.wait_live(ids, "panels after Redis came back")
+    dash.wait_progress(before, "books to move on after the Redis restart")
+    assert dash.page.locator("#conn").get_attribute("data-state") == "live"

@@ -1,0 +1,151 @@
+// One multiplexed WebSocket (/ws) for every panel: subscribes what the page wants,
+// reconnects by itself with capped exponential backoff and jitter, resubscribes,
+// and notices a dead connection (no message and no pong) without waiting for TCP.
+
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_CAP_MS = 10000;
+const CONNECT_TIMEOUT_MS = 5000;
+const IDLE_BEFORE_PING_MS = 10000;
+const PONG_TIMEOUT_MS = 5000;
+const SUBSCRIBE_CHUNK = 40; // ids per subscribe frame, well under the bridge's --max-frame
+
+/** The delay before retry number `attempt` (0-based): capped 2^n growth, 50-100 % jitter. */
+export function backoffDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
+  return ceiling * (0.5 + random() / 2);
+}
+
+export class Feed {
+  /**
+   * onMessage(msg) gets every parsed server message; onState(feed) is called when
+   * `state` ("connecting", "open", "closed") or the retry schedule changes.
+   */
+  constructor(url, { onMessage, onState }) {
+    this.url = url;
+    this.onMessage = onMessage;
+    this.onState = onState;
+    this.wanted = new Set();
+    this.state = "closed";
+    this.since = Date.now(); // wall-clock ms of the last state change
+    this.retryAt = 0; // wall-clock ms of the next attempt while closed
+    this.attempt = 0;
+    this.lastClose = null; // {code, reason}
+    this.messages = 0;
+    this._ws = null;
+    this._lastMessage = 0;
+    this._pingSentAt = 0;
+    this._retryTimer = 0;
+    this._connectTimer = 0;
+    this._parse = JSON.parse;
+    setInterval(() => this._keepalive(), 1000);
+    window.addEventListener("online", () => this.reconnectNow());
+  }
+
+  start() {
+    this._connect();
+  }
+
+  /** Try at once (the network came back, or the user asked). */
+  reconnectNow() {
+    if (this.state !== "closed") return;
+    clearTimeout(this._retryTimer);
+    this._connect();
+  }
+
+  subscribe(ids) {
+    const fresh = ids.filter((id) => !this.wanted.has(id));
+    for (const id of fresh) this.wanted.add(id);
+    if (fresh.length && this.state === "open") this._send("subscribe", fresh);
+  }
+
+  unsubscribe(ids) {
+    const gone = ids.filter((id) => this.wanted.delete(id));
+    if (gone.length && this.state === "open") this._send("unsubscribe", gone);
+  }
+
+  _send(op, ids) {
+    for (let i = 0; i < ids.length; i += SUBSCRIBE_CHUNK) {
+      const frame = { op, instruments: ids.slice(i, i + SUBSCRIBE_CHUNK) };
+      if (op === "subscribe") frame.trades = true;
+      this._ws.send(JSON.stringify(frame));
+    }
+  }
+
+  _setState(state) {
+    if (state !== this.state) this.since = Date.now();
+    this.state = state;
+    this.onState(this);
+  }
+
+  _connect() {
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      this._closed({ code: 0, reason: String(err) });
+      return;
+    }
+    this._ws = ws;
+    this._setState("connecting");
+    this._connectTimer = setTimeout(() => this._drop(ws, "connect timeout"), CONNECT_TIMEOUT_MS);
+    ws.onopen = () => {
+      clearTimeout(this._connectTimer);
+      this._lastMessage = performance.now();
+      this._pingSentAt = 0;
+      this._setState("open");
+      if (this.wanted.size) this._send("subscribe", [...this.wanted]);
+    };
+    ws.onmessage = (ev) => {
+      this._lastMessage = performance.now();
+      this._pingSentAt = 0;
+      this.attempt = 0; // the server talks to us: the next drop starts the backoff afresh
+      this.messages++;
+      let msg;
+      try {
+        msg = this._parse(ev.data);
+      } catch {
+        return; // not ours to crash on; the bridge never sends this
+      }
+      if (msg && msg.type !== "pong") this.onMessage(msg);
+    };
+    ws.onclose = (ev) => {
+      if (this._ws === ws) this._closed({ code: ev.code, reason: ev.reason });
+    };
+  }
+
+  /** Give up on `ws` now (its close event may take long on a dead network). */
+  _drop(ws, reason) {
+    if (this._ws !== ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(4000, reason);
+    } catch {
+      /* already closing */
+    }
+    this._closed({ code: 4000, reason });
+  }
+
+  _closed(info) {
+    clearTimeout(this._connectTimer);
+    this._ws = null;
+    this.lastClose = info;
+    const delay = backoffDelay(this.attempt++);
+    this.retryAt = Date.now() + delay;
+    this._retryTimer = setTimeout(() => this._connect(), delay);
+    this._setState("closed");
+  }
+
+  _keepalive() {
+    if (this.state !== "open") {
+      if (this.state === "closed") this.onState(this); // refreshes the "retrying in" countdown
+      return;
+    }
+    const now = performance.now();
+    if (this._pingSentAt) {
+      if (now - this._pingSentAt > PONG_TIMEOUT_MS) this._drop(this._ws, "no pong");
+    } else if (now - this._lastMessage > IDLE_BEFORE_PING_MS) {
+      this._pingSentAt = now;
+      this._ws.send('{"op":"ping"}');
+    }
+  }
+}
