@@ -204,20 +204,27 @@ class Outbox:
 
     # -- the hot path ------------------------------------------------------------
 
-    def offer(self, key: bytes, msg: Message) -> None:
-        """A book snapshot for channel `key`: write it now, or replace the one pending."""
+    def _handled_now(self, key: bytes, msg: Message) -> bool:
+        """Drop a message older than what the socket has, or write it at once when nothing
+        waits and the socket can take it; False when it must wait in `_pending`."""
         if self.closed:
-            return
+            return True
         seen = self._seen
         if msg.seq <= seen.get(key, -1) and not msg.reset:
             self._stats.stale += 1
-            return
+            return True
         seen[key] = msg.seq
-        pending = self._pending
-        if not pending and self._wire is not None and self._wire.ready():
+        if not self._pending and self._wire is not None and self._wire.ready():
             self._wire.write(msg.frame)
             self._stats.messages_out += 1
+            return True
+        return False
+
+    def offer(self, key: bytes, msg: Message) -> None:
+        """A book snapshot for channel `key`: write it now, or replace the one pending."""
+        if self._handled_now(key, msg):
             return
+        pending = self._pending
         if key in pending:
             self._stats.conflated += 1
         pending[key] = msg
@@ -225,18 +232,9 @@ class Outbox:
 
     def offer_trade(self, key: bytes, msg: Message) -> None:
         """A trade for channel `key`: trades are events, so they queue (bounded), oldest dropped first."""
-        if self.closed:
+        if self._handled_now(key, msg):
             return
-        seen = self._seen
-        if msg.seq <= seen.get(key, -1) and not msg.reset:
-            self._stats.stale += 1
-            return
-        seen[key] = msg.seq
         pending = self._pending
-        if not pending and self._wire is not None and self._wire.ready():
-            self._wire.write(msg.frame)
-            self._stats.messages_out += 1
-            return
         queue = pending.get(key)
         if queue is None:
             pending[key] = queue = deque(maxlen=TRADES_BACKLOG)
