@@ -2,7 +2,7 @@
 
 Starts the whole pipeline (embedded Redis, simulator, ingestor, one bridge) on free
 ports, opens the page in the system Chromium, waits until every panel shows a
-verified book and some trades, and saves the picture.
+verified book, some trades, and non-zero updates/s and latencies, and saves the picture.
 
     .venv/bin/python -m tests.e2e.screenshot [--out docs/dashboard.png] [--theme dark|light]
 """
@@ -22,7 +22,8 @@ READY_JS = """
   return panels.length === n && panels.every((p) =>
     p.dataset.state === 'live' &&
     p.querySelector('.badge').dataset.verified === 'ok' &&
-    p.querySelectorAll('.trow.buy, .trow.sell').length >= 8);
+    p.querySelectorAll('.trow.buy, .trow.sell').length >= 8 &&
+    [...p.querySelectorAll('.stat dd')].every((d) => d.textContent.trim() !== '–' && d.textContent.trim() !== '0'));
 }
 """
 

@@ -29,7 +29,7 @@ PANEL_JS = """
 (id) => {
   const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
   if (!p) return null;
-  const texts = (sel) => [...p.querySelectorAll(sel)].map((n) => n.textContent).filter((t) => t !== '');
+  const texts = (sel) => [...p.querySelectorAll(sel)].map((n) => n.textContent.trim()).filter((t) => t !== '');
   const badge = p.querySelector('.badge');
   return {
     state: p.dataset.state,
@@ -39,7 +39,6 @@ PANEL_JS = """
     ask: (p.querySelector('.stat.ask dd') || {}).textContent || '',
     askPrices: texts('.lvl.ask .px'),
     bidPrices: texts('.lvl.bid .px'),
-    sizes: texts('.lvl .sz'),
     trades: texts('.trow:not(.thead) .s'),
     verified: badge ? badge.dataset.verified : null,
     badgeText: badge ? badge.textContent : '',
@@ -166,7 +165,7 @@ def test_default_page_shows_four_live_verified_books_without_console_errors(dash
 
     dash.wait_progress(dash.seqs(first_four), "every panel to show a newer book")
     dash.wait(
-        "() => [...document.querySelectorAll('.trow:not(.thead) .s')].some((n) => /^(▲ BUY|▼ SELL)$/.test(n.textContent))",
+        "() => [...document.querySelectorAll('.trow:not(.thead) .s')].some((n) => /^(▲ BUY|▼ SELL)\\s+\\d/.test(n.textContent))",
         what="a trade labelled BUY or SELL in words, not colour only",
     )
     assert dash.page.locator("#conn").get_attribute("data-state") == "live"

@@ -18,7 +18,7 @@ const picker = $("picker-list");
 const rateText = $("rate");
 
 const instruments = new Map(); // id -> Instrument, as the server lists them
-let listed = []; // ids in the server's order
+const listed = []; // ids in the server's order
 let selection = []; // ids in panel order
 const panels = new Map(); // id -> Panel
 const chips = new Map(); // id -> checkbox
@@ -27,6 +27,7 @@ let downSince = 0; // wall ms the socket went down (0: up, or never up yet)
 let everOpen = false;
 
 const feed = new Feed(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`, {
+  onBook,
   onMessage,
   onState: onFeedState,
 });
@@ -37,13 +38,13 @@ function clock(ms) {
 
 // -- messages -------------------------------------------------------------------
 
+function onBook(instrument, book, ts, pts) {
+  const panel = panels.get(instrument);
+  if (panel) panel.onBook(book, ts, pts);
+}
+
 function onMessage(msg) {
   switch (msg.type) {
-    case "book": {
-      const panel = panels.get(msg.instrument);
-      if (panel) panel.onBook(msg);
-      break;
-    }
     case "trade": {
       const panel = panels.get(msg.instrument);
       if (panel) panel.onTrade(msg);

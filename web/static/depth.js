@@ -4,8 +4,8 @@
 // text makes the browser resolve the canvas's style, forcing a layout mid-frame).
 
 const PAD_X = 6;
-const PAD_TOP = 18;
-const PAD_BOTTOM = 16;
+const PAD_TOP = 6;
+const PAD_BOTTOM = 2;
 
 export class DepthChart {
   constructor(canvas) {
@@ -54,7 +54,7 @@ export class DepthChart {
     ctx.lineWidth = 1;
     ctx.setLineDash([3, 3]);
     ctx.beginPath();
-    ctx.moveTo(Math.round(cx) + 0.5, PAD_TOP - 4);
+    ctx.moveTo(Math.round(cx) + 0.5, 0);
     ctx.lineTo(Math.round(cx) + 0.5, this._base);
     ctx.stroke();
     ctx.setLineDash([]);

@@ -9,6 +9,35 @@ const IDLE_BEFORE_PING_MS = 10000;
 const PONG_TIMEOUT_MS = 5000;
 const SUBSCRIBE_CHUNK = 40; // ids per subscribe frame, well under the bridge's --max-frame
 
+// A book message as the ingestor encodes it begins with these fields in this order
+// (marketdata/schema.py); the bridge forwards the bytes untouched.
+const BOOK_HEAD = '{"v":1,"type":"book","instrument":"';
+
+/** The integer value of `"key":` at or after `from` in `text`, or NaN. */
+function peekInt(text, key, from) {
+  const i = text.indexOf(key, from);
+  if (i < 0) return NaN;
+  let j = i + key.length;
+  let n = 0;
+  for (let c = text.charCodeAt(j); c >= 48 && c <= 57; c = text.charCodeAt(++j)) n = n * 10 + (c - 48);
+  return j > i + key.length ? n : NaN;
+}
+
+/**
+ * The routing fields of a book message without parsing it: {instrument, ts, pts},
+ * or null when it does not look exactly as the ingestor writes it. Most books are
+ * replaced by a newer one before the next frame, so only the one shown is parsed.
+ */
+export function peekBook(text) {
+  if (!text.startsWith(BOOK_HEAD)) return null;
+  const end = text.indexOf('"', BOOK_HEAD.length);
+  if (end < 0) return null;
+  const ts = peekInt(text, ',"ts":', end);
+  const pts = peekInt(text, ',"pts":', end);
+  if (Number.isNaN(ts) || Number.isNaN(pts)) return null;
+  return { instrument: text.slice(BOOK_HEAD.length, end), ts, pts };
+}
+
 /** The delay before retry number `attempt` (0-based): capped 2^n growth, 50-100 % jitter. */
 export function backoffDelay(attempt, random = Math.random) {
   const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
@@ -17,11 +46,13 @@ export function backoffDelay(attempt, random = Math.random) {
 
 export class Feed {
   /**
-   * onMessage(msg) gets every parsed server message; onState(feed) is called when
-   * `state` ("connecting", "open", "closed") or the retry schedule changes.
+   * onBook(instrument, text, ts, pts) gets each book message unparsed, onMessage(msg)
+   * every other server message parsed; onState(feed) is called when `state`
+   * ("connecting", "open", "closed") or the retry schedule changes.
    */
-  constructor(url, { onMessage, onState }) {
+  constructor(url, { onBook, onMessage, onState }) {
     this.url = url;
+    this.onBook = onBook;
     this.onMessage = onMessage;
     this.onState = onState;
     this.wanted = new Set();
@@ -36,18 +67,19 @@ export class Feed {
     this._pingSentAt = 0;
     this._retryTimer = 0;
     this._connectTimer = 0;
-    this._parse = JSON.parse;
+    this._started = false;
     setInterval(() => this._keepalive(), 1000);
     window.addEventListener("online", () => this.reconnectNow());
   }
 
   start() {
+    this._started = true;
     this._connect();
   }
 
   /** Try at once (the network came back, or the user asked). */
   reconnectNow() {
-    if (this.state !== "closed") return;
+    if (!this._started || this.state !== "closed") return;
     clearTimeout(this._retryTimer);
     this._connect();
   }
@@ -100,13 +132,22 @@ export class Feed {
       this._pingSentAt = 0;
       this.attempt = 0; // the server talks to us: the next drop starts the backoff afresh
       this.messages++;
+      const text = ev.data;
+      if (typeof text !== "string") return; // the protocol is text frames only
+      const head = peekBook(text);
+      if (head) {
+        this.onBook(head.instrument, text, head.ts, head.pts);
+        return;
+      }
       let msg;
       try {
-        msg = this._parse(ev.data);
+        msg = JSON.parse(text);
       } catch {
         return; // not ours to crash on; the bridge never sends this
       }
-      if (msg && msg.type !== "pong") this.onMessage(msg);
+      if (!msg || msg.type === "pong") return;
+      if (msg.type === "book") this.onBook(msg.instrument, msg, msg.ts, msg.pts);
+      else this.onMessage(msg);
     };
     ws.onclose = (ev) => {
       if (this._ws === ws) this._closed({ code: ev.code, reason: ev.reason });
