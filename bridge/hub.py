@@ -219,6 +219,30 @@ class Hub:
 
     # -- the hot path: what the bus delivers ----------------------------------------
 
+    def deliver_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """Messages as the bus read them, oldest first; of several books of one channel only the newest goes on.
+
+        Books are states: when the bridge falls behind, the older ones in a batch are
+        already superseded, so they are counted (conflated) and skipped. Trades are
+        events and all go on, in order.
+        """
+        if len(batch) == 1:
+            self.deliver(*batch[0])
+            return
+        topics = self._topics
+        newest: dict[bytes, int] = {}
+        for i, (channel, _) in enumerate(batch):
+            topic = topics.get(channel)
+            if topic is not None and not topic.trades:
+                newest[channel] = i
+        stats = self._stats
+        for i, (channel, payload) in enumerate(batch):
+            if newest.get(channel, i) != i:
+                stats.messages_in += 1
+                stats.bus_conflated += 1
+                continue
+            self.deliver(channel, payload)
+
     def deliver(self, channel: bytes, payload: bytes) -> None:
         """A payload arrived on `channel`: check it, keep it, hand it to every socket that wants it."""
         self._stats.messages_in += 1

@@ -56,6 +56,7 @@ class Stats:
     messages_in: int = 0  # payloads received from Redis pub/sub (good or bad)
     messages_out: int = 0  # frames written to sockets
     conflated: int = 0  # pending messages overwritten by a newer one before a slow socket took them
+    bus_conflated: int = 0  # books skipped because a newer one of the channel came in the same read from Redis
     stale: int = 0  # messages dropped because the receiver already had that seq or a newer one
     bad_messages: int = 0  # garbage payloads on a channel, dropped
     slow_consumer_closes: int = 0
@@ -78,6 +79,7 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("bridge_messages_in", "messages_in", "Messages received from Redis pub/sub."),
     ("bridge_messages_out", "messages_out", "Messages written to WebSocket clients."),
     ("bridge_conflated", "conflated", "Pending messages replaced by a newer one for a slow client (latest-only)."),
+    ("bridge_bus_conflated", "bus_conflated", "Books skipped for a newer one of the same channel read from Redis at once (bridge behind the feed)."),
     ("bridge_stale_dropped", "stale", "Messages not sent because the client already had that sequence or a newer one."),
     ("bridge_bad_messages", "bad_messages", "Garbage messages on a Redis channel, logged and dropped."),
     ("bridge_slow_consumer_closes", "slow_consumer_closes", "Sockets closed 1008 for staying stuck in a send."),

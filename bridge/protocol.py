@@ -11,17 +11,21 @@ Client requests on the multiplexed socket (/ws)::
 
 Server answers: subscribed, unsubscribed, pong, error (codes bad_json,
 bad_request, unknown_instrument) and feed; see DESIGN.md and the README.
+`/ws?batch_ms=N` makes the socket send, every N ms, one frame
+`{"type":"batch","messages":[...]}` holding those messages in order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Union
+from urllib.parse import parse_qs
 
 import orjson
 
 MAX_INSTRUMENTS = 256  # ids in one request
 MAX_ID_LENGTH = 64  # characters of an instrument id
+MAX_BATCH_MS = 1000  # longest batch interval a socket may ask for (/ws?batch_ms=N)
 _SHOWN = 40  # characters of a bad value quoted back in a message
 
 BAD_JSON = "bad_json"
@@ -61,6 +65,17 @@ def shown(value: object) -> str:
     """A client-supplied value, quoted and cut short, for an error message or close reason."""
     text = value if isinstance(value, str) else repr(value)
     return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
+
+
+def batch_ms(query_string: bytes) -> int:
+    """The `batch_ms` of a /ws query string: an integer from 0 (absent: 0, a frame per message) to MAX_BATCH_MS."""
+    values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("batch_ms")
+    if not values:
+        return 0
+    text = values[-1]
+    if not (text.isascii() and text.isdigit() and len(text) <= 4 and int(text) <= MAX_BATCH_MS):
+        raise RequestError(BAD_REQUEST, f"batch_ms must be an integer from 0 to {MAX_BATCH_MS}, not {shown(text)}")
+    return int(text)
 
 
 def parse_request(data: str | bytes) -> Request:

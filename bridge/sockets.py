@@ -17,6 +17,13 @@ Two ways out:
 - Plain ASGI `send`, for every other server: the event dict is built once per
   message and shared by all sockets; one task per socket awaits each send.
 
+A socket opened with a batch interval (`/ws?batch_ms=N`) gets no frame per message:
+everything pending goes out every N ms as one frame, `{"type":"batch","messages":[...]}`,
+whose items are the payloads exactly as published, in order. Books still conflate
+in their slots meanwhile, so a browser gets at most one book per instrument per
+interval and one message event instead of hundreds: receiving a WebSocket message
+costs a browser's main thread far more than parsing a bigger one.
+
 Measured on 2 shared cores (200 sockets, picows client in another process), the
 bridge spends about 12 µs of CPU per delivered message with RawWire (two thirds
 of it in the kernel's send) and about 50 µs through uvicorn's ASGI send.
@@ -43,6 +50,8 @@ TRADES_BACKLOG = 50  # trades a slow socket may have pending per instrument; old
 MAX_CONTROL = 32  # control replies a socket may have pending before it counts as a slow consumer
 FEED = b"\x00feed"  # slot key of the feed state; never a Redis channel name
 SLOW_CONSUMER = "slow consumer"
+_BATCH_HEAD = b'{"type":"batch","messages":['
+_BATCH_TAIL = b"]}"
 # Bytes a socket may hold for a client before latest-only conflation takes over: the
 # kernel's send buffer (Linux doubles the figure) and the transport's high-water mark.
 SEND_BUFFER = 16 * 1024
@@ -177,10 +186,13 @@ class Outbox:
     socket's one sender task; `close` and `close_slow` end it.
     """
 
-    __slots__ = ("_send", "_wire", "_stats", "_grace", "_seen", "_pending", "_controls", "_wake", "_task", "_unsent_close", "stuck_since", "closed")
+    __slots__ = ("_send", "_wire", "_stats", "_grace", "_batch", "_seen", "_pending", "_controls", "_wake", "_task",
+                 "_unsent_close", "stuck_since", "closed")
 
-    def __init__(self, send: Send, stats: Stats, *, raw: bool = True, grace: float = 5.0) -> None:
+    def __init__(self, send: Send, stats: Stats, *, raw: bool = True, grace: float = 5.0, batch: float = 0.0) -> None:
+        """`batch`: seconds between batch frames; 0 sends every message as its own frame."""
         self._send = send
+        self._batch = batch
         self._wire = RawWire.attach(send) if raw else None
         self._stats = stats
         self._grace = grace  # seconds a closed slow client has to read its close frame
@@ -214,7 +226,7 @@ class Outbox:
             self._stats.stale += 1
             return True
         seen[key] = msg.seq
-        if not self._pending and self._wire is not None and self._wire.ready():
+        if not self._pending and not self._batch and self._wire is not None and self._wire.ready():
             self._wire.write(msg.frame)
             self._stats.messages_out += 1
             return True
@@ -261,7 +273,7 @@ class Outbox:
         if self.closed:
             return
         pending = self._pending
-        if not pending and self._wire is not None and self._wire.ready():
+        if not pending and not self._batch and self._wire is not None and self._wire.ready():
             self._wire.write(msg.frame)
             self._stats.messages_out += 1
             return
@@ -281,11 +293,21 @@ class Outbox:
         """Write pending messages whenever there are some, until the socket closes."""
         self._task = asyncio.current_task()
         wake = self._wake
+        loop = asyncio.get_running_loop()
+        next_batch = 0.0
         try:
             while not self.closed:
                 await wake.wait()
+                if self._batch:
+                    # Let the interval's messages gather (books conflating in their slots).
+                    delay = next_batch - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    next_batch = loop.time() + self._batch
                 wake.clear()
-                if self._wire is not None:
+                if self._batch:
+                    await self._drain_batch()
+                elif self._wire is not None:
                     await self._drain_raw(self._wire)
                 else:
                     await self._drain_asgi()
@@ -319,6 +341,38 @@ class Outbox:
                     n += 1
             pending.clear()
             self._stats.messages_out += n
+
+    async def _drain_batch(self) -> None:
+        """Everything pending as one batch frame, once the socket can take it."""
+        wire = self._wire
+        loop = asyncio.get_running_loop()
+        while wire is not None and not wire.ready() and self._pending and not self.closed:
+            if wire.gone:
+                self.closed = True
+                self._pending.clear()
+                return
+            self.stuck_since = loop.time()
+            await wire.wait_writable()
+            self.stuck_since = None
+        if not self._pending or self.closed:
+            return
+        now = loop.time()
+        observe = self._stats.latency.observe
+        payloads = []
+        for item in self._pending.values():
+            for msg in (item,) if isinstance(item, Message) else item:
+                payloads.append(msg.payload)
+                if msg.received:
+                    observe(now - msg.received)
+        self._pending.clear()
+        body = _BATCH_HEAD + b",".join(payloads) + _BATCH_TAIL
+        if wire is not None:
+            wire.write(text_frame(body))
+        else:
+            self.stuck_since = now
+            await self._send({"type": "websocket.send", "text": body.decode()})
+            self.stuck_since = None
+        self._stats.messages_out += len(payloads)
 
     async def _drain_asgi(self) -> None:
         pending = self._pending

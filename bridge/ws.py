@@ -119,9 +119,9 @@ class _Endpoint:
     async def serve(self, scope: Scope, receive: Receive, send: Send, hub: Hub) -> None:
         raise NotImplementedError
 
-    def outbox(self, send: Send) -> Outbox:
+    def outbox(self, send: Send, batch: float = 0.0) -> Outbox:
         # A slow client closed 1008 gets a few seconds to read its close frame before the abort.
-        return Outbox(send, self.stats, raw=self.raw_frames, grace=max(2.0, self.settings.send_timeout))
+        return Outbox(send, self.stats, raw=self.raw_frames, grace=max(2.0, self.settings.send_timeout), batch=batch)
 
     async def run(self, outbox: Outbox, reader: Coroutine[Any, Any, None]) -> None:
         """Run the sender and `reader` until either ends (client gone, closed, slow)."""
@@ -171,10 +171,19 @@ class MarketDataSocket(_Endpoint):
 
 
 class MultiplexedSocket(_Endpoint):
-    """WS /ws: subscribe, unsubscribe and ping over one socket; see bridge.protocol."""
+    """WS /ws: subscribe, unsubscribe and ping over one socket; see bridge.protocol.
+
+    `/ws?batch_ms=N` (1 to 1000) asks for one batch frame every N ms instead of a
+    frame per message (bridge.sockets); a bad value closes the socket 1008 saying why.
+    """
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, hub: Hub) -> None:
-        outbox = self.outbox(send)
+        try:
+            batch_ms = protocol.batch_ms(scope.get("query_string", b""))
+        except protocol.RequestError as exc:
+            await send({"type": "websocket.close", "code": POLICY, "reason": exc.message})
+            return
+        outbox = self.outbox(send, batch_ms / 1000)
         async with hub.session(outbox):
             await self.run(outbox, self._read(receive, outbox, hub))
 

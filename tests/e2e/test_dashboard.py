@@ -220,8 +220,8 @@ def test_a_corrupted_checksum_turns_the_badge_red(dash: Dash) -> None:
 
         server.on_message(corrupt)
 
-    dash.page.route_web_socket(re.compile(r".*/ws$"), relay)
-    dash.open("?i=BTC-USD,AAPL")
+    dash.page.route_web_socket(re.compile(r".*/ws(\?.*)?$"), relay)
+    dash.open("?i=BTC-USD,AAPL&batch=0")  # a frame per message, so that only AAPL's books are corrupted
     dash.wait_live(["BTC-USD"])
     dash.wait(
         "() => document.querySelector('.panel[data-instrument=\"AAPL\"] .badge').dataset.verified === 'bad'",

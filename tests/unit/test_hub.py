@@ -162,6 +162,24 @@ async def test_older_or_equal_seqs_are_dropped_and_a_restart_is_taken(rig: Rig) 
 
 
 @pytest.mark.asyncio
+async def test_a_batch_sends_only_the_newest_book_per_channel_and_every_trade(rig: Rig) -> None:
+    eth_book = b"md:book:ETH-USD"
+    sink = Sink()
+    rig.hub.want(sink, "BTC-USD", trades=True)
+    rig.hub.want(sink, "ETH-USD")
+    await async_wait_for(lambda: rig.hub.subscriptions == 3, what="the subscriptions")
+    await async_wait_for(lambda: all(rig.hub.topic(c).primed for c in (BOOK, TRADES, eth_book)), what="priming")  # type: ignore[union-attr]
+    rig.hub.deliver_batch([
+        (BOOK, snapshot(20)), (TRADES, trade(5)), (eth_book, snapshot(30, ETH)), (BOOK, snapshot(21)),
+        (TRADES, trade(6)), (BOOK, snapshot(22)), (b"md:book:SOL-USD", snapshot(1)),
+    ])
+    assert sink.books == [(eth_book, 30), (BOOK, 22)]
+    assert [s for _, s in sink.trades] == [5, 6]
+    assert rig.stats.bus_conflated == 2
+    assert rig.stats.messages_in == 7
+
+
+@pytest.mark.asyncio
 async def test_a_fetched_value_never_goes_behind_live(rig: Rig) -> None:
     await rig.redis.set(BOOK, snapshot(3))
     sink = Sink()

@@ -45,3 +45,14 @@ def test_answers() -> None:
     assert orjson.loads(protocol.feed(False, 5, "heartbeat stale")) == {"type": "feed", "live": False, "since": 5, "reason": "heartbeat stale"}
     assert protocol.unknown_instrument("X") == "unknown instrument 'X'"
     assert len(protocol.unknown_instrument("Y" * 500)) < 100  # fits a close reason (123 bytes)
+
+
+@pytest.mark.parametrize("query, expected", [(b"", 0), (b"batch_ms=0", 0), (b"batch_ms=16", 16), (b"x=1&batch_ms=1000", 1000)])
+def test_batch_ms(query: bytes, expected: int) -> None:
+    assert protocol.batch_ms(query) == expected
+
+
+@pytest.mark.parametrize("query", [b"batch_ms=", b"batch_ms=-5", b"batch_ms=1001", b"batch_ms=1.5", b"batch_ms=%C2%B2", b"batch_ms=" + b"9" * 5000])
+def test_a_bad_batch_ms_says_what_is_allowed(query: bytes) -> None:
+    with pytest.raises(protocol.RequestError, match="from 0 to 1000"):
+        protocol.batch_ms(query)

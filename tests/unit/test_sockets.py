@@ -12,6 +12,7 @@ from websockets.frames import Frame, Opcode
 
 from bridge.metrics import Stats
 from bridge.sockets import MAX_CONTROL, TRADES_BACKLOG, Message, Outbox, text_frame
+from tests.support import async_wait_for
 
 KEY = b"md:book:BTC-USD"
 TRADES = b"md:trades:BTC-USD"
@@ -145,3 +146,26 @@ async def test_close_once() -> None:
     outbox.offer(KEY, msg(1))
     assert send.events == [{"type": "websocket.close", "code": 1001, "reason": "bye"}]
     assert outbox.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_a_batched_socket_sends_one_frame_per_interval_through_asgi() -> None:
+    send, stats = GatedSend(), Stats()
+    outbox = Outbox(send, stats, raw=False, batch=0.05)
+    sender = asyncio.create_task(outbox.run())
+    try:
+        send.gate.clear()  # the first batch waits in the send: everything after it gathers
+        outbox.offer(KEY, msg(1))
+        await async_wait_for(lambda: outbox.stuck_since is not None, interval=0.005, what="the first batch to block")
+        for seq in range(2, 6):
+            outbox.offer(KEY, msg(seq))
+            outbox.offer_trade(TRADES, Message.of(b'{"v":1,"type":"trade","seq":%d}' % seq, seq))
+        send.gate.set()
+        await async_wait_for(lambda: len(send.events) == 2, interval=0.005, what="the second batch")
+        first, second = (orjson.loads(e["text"])["messages"] for e in send.events)
+        assert [m["seq"] for m in first] == [1]
+        assert [(m["type"], m["seq"]) for m in second] == [("book", 5)] + [("trade", s) for s in range(2, 6)]
+        assert stats.messages_out == 6 and stats.conflated == 3
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)

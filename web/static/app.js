@@ -7,6 +7,12 @@ import { Panel, renderStats, setChartColors } from "./panel.js";
 
 const DEFAULT_PANELS = 4;
 const TICK_MS = 500;
+// One frame from the bridge per display frame at most (see feed.js); `?batch=0` in the
+// page URL turns it off, `?batch=N` sets it.
+const BATCH_MS = (() => {
+  const asked = new URLSearchParams(location.search).get("batch");
+  return asked !== null && /^\d{1,4}$/.test(asked) && Number(asked) <= 1000 ? Number(asked) : 16;
+})();
 
 const $ = (id) => document.getElementById(id);
 const grid = $("panels");
@@ -26,7 +32,7 @@ let feedLive = { live: true, since: 0, reason: "" }; // the bridge's last `feed`
 let downSince = 0; // wall ms the socket went down (0: up, or never up yet)
 let everOpen = false;
 
-const feed = new Feed(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`, {
+const feed = new Feed(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?batch_ms=${BATCH_MS}`, {
   onBook,
   onMessage,
   onState: onFeedState,

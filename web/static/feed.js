@@ -1,6 +1,9 @@
 // One multiplexed WebSocket (/ws) for every panel: subscribes what the page wants,
 // reconnects by itself with capped exponential backoff and jitter, resubscribes,
 // and notices a dead connection (no message and no pong) without waiting for TCP.
+// The page asks the bridge for batches (/ws?batch_ms=16): one frame per display
+// frame at most, whatever the feed's rate, since each message event costs the page
+// more than the JSON in it. Without batch_ms every message is its own frame.
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 10000;
@@ -145,13 +148,22 @@ export class Feed {
       } catch {
         return; // not ours to crash on; the bridge never sends this
       }
-      if (!msg || msg.type === "pong") return;
-      if (msg.type === "book") this.onBook(msg.instrument, msg, msg.ts, msg.pts);
-      else this.onMessage(msg);
+      if (msg && msg.type === "batch" && Array.isArray(msg.messages)) {
+        this.messages += msg.messages.length - 1;
+        for (const item of msg.messages) this._dispatch(item);
+      } else {
+        this._dispatch(msg);
+      }
     };
     ws.onclose = (ev) => {
       if (this._ws === ws) this._closed({ code: ev.code, reason: ev.reason });
     };
+  }
+
+  _dispatch(msg) {
+    if (!msg || msg.type === "pong") return;
+    if (msg.type === "book") this.onBook(msg.instrument, msg, msg.ts, msg.pts);
+    else this.onMessage(msg);
   }
 
   /** Give up on `ws` now (its close event may take long on a dead network). */
