@@ -25,6 +25,7 @@ minutes behind, which would measure Playwright, not the page.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -107,6 +108,7 @@ class Cdp:
         path = find_chromium()
         if path is None:
             raise ChromiumMissing("no Chromium found: install it (apt-get install chromium) or set MD_CHROMIUM=/path/to/chromium")
+        self._exit = contextlib.ExitStack()
         self._dir = tempfile.TemporaryDirectory(prefix="md-bench-chromium-")
         args = [path, *CHROMIUM_ARGS, *BENCH_ARGS, *extra_args, "--remote-debugging-port=0", f"--user-data-dir={self._dir.name}",
                 "--window-size=1600,1000", "about:blank"]
@@ -123,7 +125,7 @@ class Cdp:
             page = next(t for t in json.load(r) if t["type"] == "page")
         from websockets.sync.client import connect
 
-        self._ws = connect(page["webSocketDebuggerUrl"], max_size=None, proxy=None)
+        self._ws = self._exit.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None, proxy=None))
         self._ids = itertools.count(1)
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:
@@ -151,9 +153,7 @@ class Cdp:
             time.sleep(0.2)
 
     def close(self) -> None:
-        ws = getattr(self, "_ws", None)
-        if ws is not None:
-            ws.close()
+        self._exit.close()
         self._proc.terminate()
         try:
             self._proc.wait(10)

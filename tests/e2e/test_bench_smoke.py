@@ -1,4 +1,4 @@
-"""The fan-out benchmark's small configuration runs end to end: every contender delivers.
+"""The benchmarks' small configurations run end to end: every fan-out contender delivers, the page is measured.
 
 No timing is asserted (performance is never asserted in tests); this only proves
 that the harness, the peers and the load generator still work together.
@@ -7,6 +7,7 @@ that the harness, the peers and the load generator still work together.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,26 @@ def test_small_fanout_benchmark_runs_every_contender(tmp_path: Path) -> None:
     assert set(data["capacity"]["by_contender"]) == set(CONTENDERS)
     assert chart.read_text().lstrip().startswith(("<?xml", "<!--", "<svg"))
     assert "sustained capacity" in proc.stdout
+
+
+def test_dashboard_benchmark_measures_a_live_page(tmp_path: Path) -> None:
+    """bench/bench_dashboard.py against the real pipeline and the system Chromium, one short window."""
+    from tests.e2e.browser import find_chromium
+
+    if find_chromium() is None:
+        reason = "no system Chromium (apt-get install chromium, or set MD_CHROMIUM)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI must run the browser benchmark's smoke test")
+        pytest.skip(reason)
+    proc = subprocess.run(
+        [sys.executable, "bench/bench_dashboard.py", "--rate", "50", "--panels", "2", "--at", "0.05", "--window", "2", "--json"],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    report = json.loads(proc.stdout)
+    (sample,) = report["samples"]
+    assert report["panels"] == 2
+    assert sample["fps"] > 0 and sample["messages_per_s"] > 0, sample
+    for field in ("script_ms_per_frame", "layout_style_ms_per_frame", "heap_mb_after_gc"):
+        assert sample[field] is not None, f"no {field}"

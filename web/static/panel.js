@@ -11,9 +11,11 @@ import { Trades } from "./trades.js";
 
 const QUIET_MS = 5000; // no book for this long: the panel says it is stale
 // A panel renders at most once per animation frame, and at most every
-// MIN_RENDER_MS: numbers changing faster than about 20 times a second cannot be
-// read, and the cap keeps eight busy panels within a frame's budget.
-const MIN_RENDER_MS = 50;
+// MIN_RENDER_MS: numbers changing faster than about 10 times a second cannot be
+// read, and the cap keeps eight busy panels within a frame's budget. Measured
+// (bench/bench_dashboard.py, 8 panels, fastest feed, 2 cores): 50 ms gave 18-27
+// fps, the main thread saturated by layout; 100 ms gives about 55.
+const MIN_RENDER_MS = 100;
 
 // -- frame scheduling -------------------------------------------------------------
 
