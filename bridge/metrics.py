@@ -54,7 +54,7 @@ class Stats:
     """Counters the hub and the sockets bump; monotonic except where noted."""
 
     messages_in: int = 0  # payloads received from Redis pub/sub (good or bad)
-    messages_out: int = 0  # frames written to sockets
+    messages_out: int = 0  # messages written to sockets (a batch frame counts each message in it)
     conflated: int = 0  # pending messages overwritten by a newer one before a slow socket took them
     bus_conflated: int = 0  # books skipped because a newer one of the channel came in the same read from Redis
     stale: int = 0  # messages dropped because the receiver already had that seq or a newer one
