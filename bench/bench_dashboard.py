@@ -198,7 +198,7 @@ def measure(cdp: Cdp, window: float, marker: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure the dashboard in the system Chromium against the real pipeline.")
     parser.add_argument("--rate", type=float, default=2000.0, help="simulator events/s per instrument")
-    parser.add_argument("--panels", type=int, default=8)
+    parser.add_argument("--panels", type=int, default=8, help="panels on the page (instruments, in list order)")
     parser.add_argument("--at", default="1,3", help="comma list of minutes at which a measurement window ends")
     parser.add_argument("--window", type=float, default=10.0, help="seconds per measurement window")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -135,9 +135,13 @@ async def test_the_last_socket_leaving_drops_the_subscription(rig: Rig) -> None:
     rig.hub.want(a, "BTC-USD")
     rig.hub.want(b, "BTC-USD")
     await async_wait_for(lambda: rig.hub.subscriptions == 1, what="one subscription for two sockets")
+    await async_wait_for(lambda: rig.hub.topic(BOOK).primed, what="priming")  # type: ignore[union-attr]
     rig.hub.detach(a)
-    await asyncio.sleep(0.05)
-    assert await subscribers(rig.redis, BOOK) == 1
+    # b still gets live books through the one subscription, which a's leaving kept.
+    await rig.redis.publish(BOOK, snapshot(7))
+    await async_wait_for(lambda: (BOOK, 7) in b.books, what="the live book after a left")
+    assert (BOOK, 7) not in a.books
+    assert rig.hub.subscriptions == 1 and await subscribers(rig.redis, BOOK) == 1
     rig.hub.detach(b)
     await async_wait_for(lambda: rig.hub.subscriptions == 0, what="the unsubscribe")
     assert await subscribers(rig.redis, BOOK) == 0

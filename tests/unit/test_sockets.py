@@ -52,14 +52,15 @@ async def test_a_blocked_socket_keeps_only_the_newest_book() -> None:
     try:
         send.gate.clear()
         outbox.offer(KEY, msg(1))
-        await asyncio.sleep(0.01)
-        assert outbox.stuck_since is not None  # the sender is inside a send that does not return
+        # The sender is inside a send that does not return.
+        await async_wait_for(lambda: outbox.stuck_since is not None, interval=0.005, what="the send to block")
         for seq in range(2, 51):
             outbox.offer(KEY, msg(seq))
         assert outbox.pending == 1
         assert stats.conflated == 48
         send.gate.set()
-        await asyncio.sleep(0.01)
+        await async_wait_for(lambda: outbox.pending == 0 and outbox.stuck_since is None, interval=0.005,
+                             what="the pending book to go out")
         assert send.seqs() == [1, 50]
         assert outbox.pending == 0 and outbox.stuck_since is None
         assert stats.messages_out == 2
@@ -75,8 +76,9 @@ async def test_never_an_older_or_equal_seq_unless_the_feed_restarted() -> None:
     try:
         for m in (msg(5), msg(5), msg(3), msg(6), msg(1, reset=True), msg(2)):
             outbox.offer(KEY, m)
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # let the sender take each one before the next is offered
+        await async_wait_for(lambda: len(send.events) >= 4 and outbox.pending == 0, interval=0.005,
+                             what="four books sent")
         assert send.seqs() == [5, 6, 1, 2]
         assert stats.stale == 2
     finally:
@@ -91,13 +93,14 @@ async def test_trades_queue_but_stay_bounded() -> None:
     try:
         send.gate.clear()
         outbox.offer_trade(TRADES, msg(0))
-        await asyncio.sleep(0.01)
+        await async_wait_for(lambda: outbox.stuck_since is not None, interval=0.005, what="the send to block")
         for seq in range(1, 201):
             outbox.offer_trade(TRADES, msg(seq))
         assert outbox.pending == TRADES_BACKLOG
         assert stats.conflated == 200 - TRADES_BACKLOG
         send.gate.set()
-        await asyncio.sleep(0.05)
+        await async_wait_for(lambda: outbox.pending == 0 and outbox.stuck_since is None, interval=0.005,
+                             what="the queued trades to go out")
         assert send.seqs() == [0, *range(201 - TRADES_BACKLOG, 201)]
     finally:
         sender.cancel()
@@ -111,7 +114,7 @@ async def test_unsubscribing_forgets_the_slot_and_the_seq() -> None:
     try:
         send.gate.clear()
         outbox.offer_control(b'{"type":"pong"}')
-        await asyncio.sleep(0.01)
+        await async_wait_for(lambda: outbox.stuck_since is not None, interval=0.005, what="the send to block")
         outbox.offer(KEY, msg(7))
         outbox.forget(KEY)
         assert outbox.pending == 0
@@ -129,9 +132,8 @@ async def test_a_client_that_floods_requests_without_reading_is_closed() -> None
     send.gate.clear()
     for _ in range(MAX_CONTROL + 2):
         outbox.offer_control(b'{"type":"pong"}')
-    await asyncio.sleep(0.01)
     assert outbox.closed and stats.slow_consumer_closes == 1
-    assert sender.done()  # the stuck sender was stopped
+    await async_wait_for(sender.done, interval=0.005, what="the stuck sender to be stopped")
     send.gate.set()
     await outbox.finish()
     assert send.events[-1] == {"type": "websocket.close", "code": 1008, "reason": "slow consumer"}
