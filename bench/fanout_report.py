@@ -1,7 +1,16 @@
-"""What bench/fanout.py prints and draws: a line per point, tables, capacities, the chart."""
+"""What bench/fanout.py prints and draws: a line per point, tables, capacities, the chart.
+
+Run as a command, it reprints the tables and redraws the chart from saved results,
+merging several runs of one day (for example a run that refines one contender's
+steps) into one set of points:
+
+    python -m bench.fanout_report bench/results/A.json bench/results/B.json --chart docs/fanout.svg
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -135,3 +144,38 @@ def chart(data: dict[str, Any], path: Path) -> None:
     bars.add("capacity", [v["capacity"] for _, v in caps])
     path.parent.mkdir(parents=True, exist_ok=True)
     bars.render_to_file(str(path))
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """The points of every result file as one result; the first file's metadata, this command as its command."""
+    import orjson
+
+    runs = [orjson.loads(p.read_bytes()) for p in paths]
+    points = [r for run in runs for r in run.get("points", [])]
+    if not points:
+        raise ValueError(f"no fan-out points in {', '.join(map(str, paths))} (calibration files have none)")
+    data = {**runs[0], "points": points, "memory": [m for run in runs for m in run.get("memory", [])],
+            "capacity": capacities(points), "merged_from": [str(p) for p in paths]}
+    data["command"] = "python -m bench.fanout_report " + " ".join(map(str, paths))
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.fanout_report",
+                                description="Reprint the fan-out tables and redraw the chart from saved results.")
+    p.add_argument("results", nargs="+", type=Path, help="JSON files written by python -m bench.fanout")
+    p.add_argument("--chart", type=Path, default=None, help="SVG chart to draw (default: none)")
+    a = p.parse_args(argv)
+    try:
+        data = merge(a.results)
+    except (OSError, ValueError) as exc:
+        p.exit(2, f"python -m bench.fanout_report: error: {exc}\n")
+    print_tables(data)
+    if a.chart is not None:
+        chart(data, a.chart)
+        say(f"drew {a.chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
