@@ -26,6 +26,34 @@ def _mb(x: float) -> str:
     return f"{x / 1e6:,.1f} MB/s"
 
 
+class RecentRates:
+    """Messages/s and CPU share over each worker's last report interval, summed over the workers.
+
+    Workers report on their own clocks, so the interval between two looks at the totals
+    holds one, two or three reports: rates come from each worker's own window and
+    counters, never from when the parent happened to look.
+    """
+
+    def __init__(self, processes: int) -> None:
+        self.processes = max(1, processes)
+        self._marks: dict[int, tuple[float, int, float]] = {}
+        self._rates: dict[int, tuple[float, float]] = {}  # worker -> (msgs/s, share of a core)
+
+    def update(self, totals: Totals) -> tuple[float, float]:
+        """(msgs/s, share of the load generator's cores) as of the workers' latest reports."""
+        for worker, (window, books, cpu) in totals.marks.items():
+            prev = self._marks.get(worker)
+            if prev is not None and window <= prev[0]:
+                continue  # no new report from this worker: keep its last rate
+            if prev is not None:
+                span = window - prev[0]
+                self._rates[worker] = ((books - prev[1]) / span, (cpu - prev[2]) / span)
+            self._marks[worker] = (window, books, cpu)
+        rate = sum(r for r, _ in self._rates.values())
+        share = sum(c for _, c in self._rates.values()) / self.processes
+        return rate, share
+
+
 class LiveView:
     """Live progress of one load test; a context manager around `update`."""
 
@@ -35,10 +63,8 @@ class LiveView:
         self.console = Console(stderr=True)
         self.live: Live | None = None
         self.processes = plan.processes or os.cpu_count() or 1
-        self._prev_books = 0
-        self._prev_cpu = 0.0
+        self._recent = RecentRates(self.processes)
         self._prev_hist = latency.new()
-        self._prev_at = 0.0
         self._printed = 0.0
 
     def __enter__(self) -> LiveView:
@@ -64,14 +90,10 @@ class LiveView:
         if self.quiet:
             return
         now = time.monotonic()
-        if not self._prev_at:
-            self._prev_at, self._prev_cpu = now, totals.cpu
-        span = max(now - self._prev_at, 1e-6)
-        rate = (totals.books - self._prev_books) / span
-        share = (totals.cpu - self._prev_cpu) / span / max(1, self.processes)
+        rate, share = self._recent.update(totals)
         recent = latency.subtract(totals.hist_ts, self._prev_hist)
         p50, p99 = latency.percentile(recent, 0.5) / 1000, latency.percentile(recent, 0.99) / 1000
-        self._prev_books, self._prev_hist, self._prev_at, self._prev_cpu = totals.books, list(totals.hist_ts), now, totals.cpu
+        self._prev_hist = list(totals.hist_ts)
         total = {"warm-up": self.plan.warmup, "measuring": self.plan.duration}.get(phase)
         clock = f"{elapsed:4.1f} / {total:g} s" if total else f"{elapsed:4.1f} s"
         if self.live is not None:

@@ -75,11 +75,13 @@ class Totals:
     max_ts: int = 0
     max_pts: int = 0
     per_client: list[int] = field(default_factory=list)
+    marks: dict[int, tuple[float, int, float]] = field(default_factory=dict)  # worker -> (its window, books, cpu)
 
     @classmethod
     def of(cls, reports: Sequence[Report]) -> Totals:
         t = cls()
         for r in reports:
+            t.marks[r.worker] = (r.window, r.books, r.cpu)
             t.window = max(t.window, r.window)
             t.cpu += r.cpu
             if r.window > 0:
