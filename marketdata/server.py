@@ -20,7 +20,7 @@ import re
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import grpc
 from grpc import aio
@@ -273,7 +273,10 @@ class SimServer:
         ts = _now_us()
         return self._encoder.snapshots([self.model.snapshot(name, ts) for name in instruments])
 
-    async def _subscribe(self, request: pb.SubscribeRequest, context: aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def _subscribe(self, request: pb.SubscribeRequest, context: aio.ServicerContext) -> None:
+        # Writes with context.write rather than yielding: a write that finds the stream gone
+        # (the client left while it was being sent) then raises here, where it is one log
+        # line, instead of inside grpc, which logs it as an ERROR with a traceback.
         ids = await self._check_ids(request.instruments, context) if request.instruments else tuple(self._by_id)
         peer = context.peer()
         sub = Subscriber(peer, ids, self.settings.queue_batches)
@@ -283,7 +286,7 @@ class SimServer:
         log.info("subscriber %s connected (%d instruments)", peer, len(ids))
         reason = "closed by the client"
         try:
-            yield first
+            await context.write(first)
             queue = sub.queue
             while not self._closing:
                 if sub.resync:
@@ -297,8 +300,10 @@ class SimServer:
                     await sub.wake.wait()
                     continue
                 sub.sent += 1
-                yield data
+                await context.write(data)
             reason = "server stopping"
+        except aio.InternalError:  # grpc's ExecuteBatchError: the stream ended under a write
+            reason = "the stream ended during a write"
         finally:
             self.subscribers.discard(sub)
             log.info("subscriber %s disconnected (%s, %d resyncs)", peer, reason, sub.resyncs)
