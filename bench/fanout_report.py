@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -148,8 +149,6 @@ def chart(data: dict[str, Any], path: Path) -> None:
 
 def merge(paths: list[Path]) -> dict[str, Any]:
     """The points of every result file as one result; the first file's metadata, this command as its command."""
-    import orjson
-
     runs = [orjson.loads(p.read_bytes()) for p in paths]
     points = [r for run in runs for r in run.get("points", [])]
     if not points:
