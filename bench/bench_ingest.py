@@ -5,8 +5,8 @@ Run: .venv/bin/python bench/bench_ingest.py                        (about 2 minu
      .venv/bin/python bench/bench_ingest.py --rates max --profile    (cProfile of the ingestor)
 
 Every piece runs in its own process, as in production, so the 2 cores are shared
-honestly: the embedded Redis (marketdata.redis_server), the feed, the ingestor
-(`marketdata.ingest.Ingestor` under uvloop, in a child of this script that prints its
+honestly: the embedded Redis (marketdata.supervisor.redis_server), the feed, the ingestor
+(`marketdata.ingest.ingestor.Ingestor` under uvloop, in a child of this script that prints its
 counters) and, in this process, one Redis subscriber on `md:book:BTC-USD` that
 measures latency.
 
@@ -49,8 +49,8 @@ import grpc  # noqa: E402
 import orjson  # noqa: E402
 import redis.asyncio as aredis  # noqa: E402
 
-from marketdata.ports import free_port  # noqa: E402
-from marketdata.redis_server import RedisServer  # noqa: E402
+from marketdata.supervisor.ports import free_port  # noqa: E402
+from marketdata.supervisor.redis_server import RedisServer  # noqa: E402
 from marketdata.v1 import market_data_pb2 as pb  # noqa: E402
 
 TARGET = 200_000  # events/s ingested with coalescing, the issue's target
@@ -101,8 +101,8 @@ def feed(name: str) -> Iterator[tuple[str, int]]:
 async def serve_replay(port: int) -> None:
     """Pre-generated batches in a loop, as fast as they are read; each loop starts with snapshots."""
     from marketdata.instruments import DEFAULT_INSTRUMENTS
-    from marketdata.model import Model
-    from marketdata.server import encode_events
+    from marketdata.sim.model import Model
+    from marketdata.sim.server import encode_events
 
     model = Model(DEFAULT_INSTRUMENTS, random.Random(1))
     ids = [i.id for i in DEFAULT_INSTRUMENTS]
@@ -147,7 +147,7 @@ async def serve_replay(port: int) -> None:
 
 async def ingest_child(args: argparse.Namespace) -> None:
     """Run the Ingestor; after the warm-up print START, after the window print its counters as JSON."""
-    from marketdata.ingest import Ingestor
+    from marketdata.ingest.ingestor import Ingestor
     from marketdata.settings import IngestSettings
 
     ingestor = Ingestor(IngestSettings(sim=args.sim, redis_url=args.redis_url, coalesce=args.coalesce == "on"))

@@ -46,7 +46,7 @@ import grpc  # noqa: E402
 
 from marketdata.feed import BatchResult, Books  # noqa: E402
 from marketdata.instruments import DEFAULT_INSTRUMENTS, select  # noqa: E402
-from marketdata.ports import free_port  # noqa: E402
+from marketdata.supervisor.ports import free_port  # noqa: E402
 from marketdata.v1 import market_data_pb2 as pb  # noqa: E402
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -109,8 +109,8 @@ def server(args: argparse.Namespace, rate: float, profile_to: str | None) -> Ite
 
 async def serve_replay(port: int, instruments: str, max_batch: int) -> None:
     """A stand-in simulator that sends pre-serialised batches in a loop, as fast as they are read."""
-    from marketdata.model import Model
-    from marketdata.server import encode_events
+    from marketdata.sim.model import Model
+    from marketdata.sim.server import encode_events
 
     insts = select([i for i in instruments.split(",") if i])
     model = Model(insts, random.Random(1))

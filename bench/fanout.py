@@ -1,8 +1,8 @@
 """Fan-out benchmark: our bridge against its peers, one feed, one load generator, one run.
 
-Starts Redis (marketdata.redis_server) once, then for each simulator rate the
+Starts Redis (marketdata.supervisor.redis_server) once, then for each simulator rate the
 simulator and the ingestor, and runs every contender in turn on the same load
-matrix with `marketdata loadtest`'s engine (marketdata.loadtest.measure):
+matrix with `marketdata loadtest`'s engine (marketdata.loadtest.runner.measure):
 clients x instruments x rate. For each point it records delivered messages/s,
 latency from the exchange time `ts` (p50/p99), the contender's CPU seconds per
 1,000 deliveries and its RSS (psutil), and whether that RSS stayed flat.
@@ -44,8 +44,8 @@ import redis
 from bench import fanout_report as report
 from bench.services import CONTENDERS, Contender, Pipeline, contender
 from marketdata.instruments import DEFAULT_INSTRUMENTS
-from marketdata.loadtest import LoadtestError, Plan, measure, raise_open_files
-from marketdata.redis_server import RedisServer
+from marketdata.loadtest.runner import LoadtestError, Plan, measure, raise_open_files
+from marketdata.supervisor.redis_server import RedisServer
 
 IDS = tuple(i.id for i in DEFAULT_INSTRUMENTS)
 P99_LIMIT_MS = 50.0

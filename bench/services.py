@@ -24,7 +24,7 @@ import psutil
 import redis
 from websockets.sync.client import connect
 
-from marketdata.ports import free_port
+from marketdata.supervisor.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("ours", "ours-x2", "seed", "broadcaster", "socketio")
@@ -151,7 +151,7 @@ class Contender:
 
 def first_book(base: str, protocol: str, instrument: str, timeout: float) -> None:
     """Wait until a socket on `base` receives a book of `instrument` (the contender is fed)."""
-    from marketdata.loadtest import socket_url
+    from marketdata.loadtest.runner import socket_url
 
     deadline = time.monotonic() + timeout
     last = "no answer"

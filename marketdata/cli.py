@@ -251,17 +251,17 @@ def _settings(ns: argparse.Namespace) -> Any:
 def _entry(command: str) -> Callable[[Any], int | None]:
     # Imported late so `marketdata client` never loads FastAPI, nor `bridge` gRPC.
     if command == "up":
-        from marketdata.up import run
+        from marketdata.supervisor.up import run
     elif command == "sim":
-        from marketdata.server import run
+        from marketdata.sim.server import run
     elif command == "ingest":
-        from marketdata.ingest import run
+        from marketdata.ingest.ingestor import run
     elif command == "bridge":
         from bridge.app import run
     elif command == "client":
-        from marketdata.client import run
+        from marketdata.client.terminal import run
     else:
-        from marketdata.loadtest import run
+        from marketdata.loadtest.runner import run
     return run
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from marketdata.redis_server import RedisServer
+from marketdata.supervisor.redis_server import RedisServer
 from marketdata.settings import SimSettings
 from tests.support import BackgroundLoop
 
@@ -45,11 +45,11 @@ class RunningSim:
     address: str
     port: int
     settings: SimSettings
-    server: object  # marketdata.server.SimServer
+    server: object  # marketdata.sim.server.SimServer
 
 
 def start_sim(loop: BackgroundLoop, settings: SimSettings) -> RunningSim:
-    from marketdata.server import SimServer
+    from marketdata.sim.server import SimServer
 
     server = SimServer(settings)
     port = loop.call(server.start)

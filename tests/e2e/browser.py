@@ -24,8 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marketdata.ports import free_port
-from marketdata.redis_server import RedisServer
+from marketdata.supervisor.ports import free_port
+from marketdata.supervisor.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Playwright

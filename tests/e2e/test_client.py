@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from marketdata.instruments import DEFAULT_INSTRUMENTS
-from marketdata.ladder import PANEL_WIDTH
-from marketdata.ports import free_port
+from marketdata.client.ladder import PANEL_WIDTH
+from marketdata.supervisor.ports import free_port
 from tests.conftest import RunningSim
 from tests.support import BackgroundLoop, wait_for
 

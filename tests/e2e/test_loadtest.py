@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from marketdata.ports import free_port
+from marketdata.supervisor.ports import free_port
 from tests.e2e.browser import Pipeline
 
 pytestmark = pytest.mark.slow

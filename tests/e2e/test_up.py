@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
 from marketdata import schema
-from marketdata.ports import free_port, is_free
+from marketdata.supervisor.ports import free_port, is_free
 from tests.support import wait_for
 
 pytestmark = pytest.mark.slow

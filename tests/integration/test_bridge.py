@@ -31,7 +31,7 @@ from bridge.sockets import Outbox
 from marketdata import schema
 from marketdata.book import OrderBook
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument, select
-from marketdata.redis_server import RedisServer
+from marketdata.supervisor.redis_server import RedisServer
 from marketdata.settings import BridgeSettings
 from tests.support import wait_for
 

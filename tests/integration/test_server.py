@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from marketdata.errors import MarketDataError
 from marketdata.feed import Books
 from marketdata.instruments import DEFAULT_INSTRUMENTS
-from marketdata.server import SERVICE, SimServer
+from marketdata.sim.server import SERVICE, SimServer
 from marketdata.settings import SimSettings
 from marketdata.v1 import market_data_pb2 as pb
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc

@@ -10,11 +10,11 @@ import pytest
 from marketdata import schema
 from marketdata.book import BID, OrderBook
 from marketdata.errors import ChecksumMismatch, SequenceGap, UnknownInstrument
-from marketdata.ingest import Backoff, redact, select_instruments
-from marketdata.outbox import IngestStats, Outbox, drain_commands
+from marketdata.ingest.ingestor import Backoff, redact, select_instruments
+from marketdata.ingest.publish_queue import IngestStats, Outbox, drain_commands
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
-from marketdata.model import Model, Snapshot, Trade, Update
-from marketdata.model import Event as ModelEvent
+from marketdata.sim.model import Model, Snapshot, Trade, Update
+from marketdata.sim.model import Event as ModelEvent
 from marketdata.settings import IngestSettings
 from marketdata.v1 import market_data_pb2 as pb
 
@@ -110,7 +110,7 @@ def test_a_checksum_mismatch_is_raised_and_not_published() -> None:
 
 
 def test_trades_are_encoded_in_order_and_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    import marketdata.outbox as ingest
+    import marketdata.ingest.publish_queue as ingest
 
     monkeypatch.setattr(ingest, "MAX_PENDING", 5)
     box = outbox((BTC,))

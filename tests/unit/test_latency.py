@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from marketdata import latency
+from marketdata.loadtest import latency
 
 
 @given(st.integers(min_value=0, max_value=latency.MAX_US))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from marketdata.loadgen import Report
-from marketdata.loadreport import RecentRates
-from marketdata.loadtest import Totals
+from marketdata.loadtest.generator import Report
+from marketdata.loadtest.report import RecentRates
+from marketdata.loadtest.runner import Totals
 
 
 def report(worker: int, window: float, books: int, cpu: float) -> Report:

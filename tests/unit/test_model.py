@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-import marketdata.model
+import marketdata.sim.model
 from marketdata.book import ASK, BID
 from marketdata.errors import UnknownInstrument
 from marketdata.feed import Books
 from marketdata.instruments import DEFAULT_INSTRUMENTS
-from marketdata.model import Event, Events, Model, ModelConfig, Snapshot, Trade, Update
-from marketdata.wire import WireEncoder
+from marketdata.sim.model import Event, Events, Model, ModelConfig, Snapshot, Trade, Update
+from marketdata.sim.wire import WireEncoder
 from marketdata.v1 import market_data_pb2 as pb
 
 IDS = [inst.id for inst in DEFAULT_INSTRUMENTS]
@@ -35,7 +35,7 @@ def model(seed: int = 7, config: ModelConfig | None = None) -> Model:
 
 
 def test_model_imports_no_io() -> None:
-    tree = ast.parse(Path(marketdata.model.__file__).read_text())
+    tree = ast.parse(Path(marketdata.sim.model.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"grpc", "asyncio", "time", "redis", "fastapi", "socket", "threading"}, imported

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 FORBIDDEN = ("grpc", "redis", "asyncio", "fastapi", "starlette", "uvicorn")
-PURE = ["marketdata.book", "marketdata.feed", "marketdata.schema", "marketdata.instruments", "marketdata.errors", "marketdata.model", "marketdata.wire", "marketdata.outbox", "marketdata.ladder"]
+PURE = ["marketdata.book", "marketdata.feed", "marketdata.schema", "marketdata.instruments", "marketdata.errors", "marketdata.sim.model", "marketdata.sim.wire", "marketdata.ingest.publish_queue", "marketdata.client.ladder"]
 
 _PROBE = """
 import importlib, json, sys

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 from marketdata.instruments import DEFAULT_INSTRUMENTS
-from marketdata.model import Event, Events, Model, Trade, Update
+from marketdata.sim.model import Event, Events, Model, Trade, Update
 from marketdata.v1 import market_data_pb2 as pb
-from marketdata.wire import WireEncoder, encode_events
+from marketdata.sim.wire import WireEncoder, encode_events
 
 IDS = [inst.id for inst in DEFAULT_INSTRUMENTS]
 TS = 1_700_000_000_123_456

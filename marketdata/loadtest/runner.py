@@ -1,7 +1,7 @@
 """`marketdata loadtest`: many WebSocket clients against a bridge, measured.
 
 The parent process plans the sockets (spread round-robin over the instruments and
-the URLs), starts one worker process per core (marketdata.loadgen) to open and read
+the URLs), starts one worker process per core (marketdata.loadtest.generator) to open and read
 them, waits until every socket is open, lets the warm-up pass, resets the workers'
 counters and measures for the duration. It shows live progress while it runs and a
 summary at the end (or one JSON object with --json). Its own cost is measured in
@@ -31,9 +31,9 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from marketdata import latency
+from marketdata.loadtest import latency
 from marketdata.errors import MarketDataError
-from marketdata.loadgen import PROTOCOLS, Report, Target, WorkerPlan, worker_main
+from marketdata.loadtest.generator import PROTOCOLS, Report, Target, WorkerPlan, worker_main
 from marketdata.settings import LoadtestSettings
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def measure(plan: Plan, progress: Progress | None = None) -> Result:
     # A fork server with the worker module preloaded: later workers start in milliseconds
     # (the fan-out benchmark starts hundreds), and no worker inherits the parent's threads.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["marketdata.loadgen"])
+    ctx.set_forkserver_preload(["marketdata.loadtest.generator"])
     conns: list[Connection] = []
     procs = []
     for wp in plan_workers(plan, processes):
@@ -350,7 +350,7 @@ def _until(conns: list[Connection], latest: dict[int, Report], progress: Progres
 
 def run(settings: LoadtestSettings) -> int:
     """The `marketdata loadtest` entry: measure, print, exit 0 (1 on regressions or no socket)."""
-    from marketdata import loadreport
+    from marketdata.loadtest import report as loadreport
 
     url = settings.url
     if settings.instruments:

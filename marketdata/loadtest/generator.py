@@ -1,6 +1,6 @@
 """The load generator's worker process: many WebSocket clients, read and tallied.
 
-`marketdata loadtest` (marketdata.loadtest) starts one worker per core; each opens
+`marketdata loadtest` (marketdata.loadtest.runner) starts one worker per core; each opens
 its share of the sockets with picows, reads every frame and keeps counters and two
 latency histograms, which it reports to the parent over a pipe. The per-frame path
 is written to cost about two microseconds: one bounded regex over the frame's
@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from marketdata import latency
+from marketdata.loadtest import latency
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The simulated exchange's gRPC server (`marketdata sim`): a thin shell around the model.
 
-One generator task steps the pure order-flow model (marketdata.model) at the
+One generator task steps the pure order-flow model (marketdata.sim.model) at the
 configured rate and turns what is due into protobuf bytes, once per tick: one
 chunk per instrument (at most max_batch events, checksum on its last event).
 Each subscriber gets those chunks, concatenated into EventBatch messages of its
@@ -29,10 +29,10 @@ from grpc_reflection.v1alpha import reflection
 
 from marketdata.errors import MarketDataError
 from marketdata.instruments import Instrument, select
-from marketdata.model import Model
+from marketdata.sim.model import Model
 from marketdata.settings import SimSettings
 from marketdata.v1 import market_data_pb2 as pb
-from marketdata.wire import WireEncoder, encode_events, snapshot_event
+from marketdata.sim.wire import WireEncoder, encode_events, snapshot_event
 
 __all__ = ["MAX_RATE", "SERVICE", "SimServer", "Subscriber", "WireEncoder", "encode_events", "run", "serve"]
 

@@ -1,6 +1,6 @@
 """The ingestor: simulator stream in, verified book snapshots out to Redis.
 
-Two tasks share one `Outbox` (marketdata.outbox, the pure part). The reader
+Two tasks share one `Outbox` (marketdata.ingest.publish_queue, the pure part). The reader
 awaits gRPC batches and applies each one, whole, to `feed.Books` (which verifies
 seq and checksum), noting which books changed. The publisher waits until something
 changed, takes everything the reader gathered since its last turn, encodes one
@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 from marketdata import schema
 from marketdata.errors import BookError, ChecksumMismatch, UnknownInstrument
 from marketdata.instruments import Instrument
-from marketdata.outbox import IngestStats, Outbox, drain_commands
+from marketdata.ingest.publish_queue import IngestStats, Outbox, drain_commands
 from marketdata.settings import IngestSettings
 from marketdata.v1 import market_data_pb2 as pb
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc

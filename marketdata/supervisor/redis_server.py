@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from marketdata.errors import MarketDataError
-from marketdata.ports import free_port
+from marketdata.supervisor.ports import free_port
 
 log = logging.getLogger(__name__)
 

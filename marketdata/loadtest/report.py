@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from marketdata import latency
-from marketdata.loadtest import Plan, Result, Totals
+from marketdata.loadtest import latency
+from marketdata.loadtest.runner import Plan, Result, Totals
 
 
 def _n(x: float) -> str:

@@ -10,7 +10,7 @@ The simulator puts the book's checksum on the last event of each instrument in
 each batch, so every update is a book state proven equal to the exchange's.
 `--json` prints one line per update; `--count N` stops after N updates.
 
-The hot path only applies events. The ladder (marketdata.ladder) is drawn on a
+The hot path only applies events. The ladder (marketdata.client.ladder) is drawn on a
 timer, at most 10 times a second, from the books as they are between two
 batches, so drawing never slows the stream and never shows a half-applied batch.
 """
@@ -38,7 +38,7 @@ from rich.live import Live
 from marketdata.errors import BookError, MarketDataError, UnknownInstrument
 from marketdata.feed import Books
 from marketdata.instruments import Instrument
-from marketdata.ladder import BookView, fit_depth, mid_text, render_books, spread_bps
+from marketdata.client.ladder import BookView, fit_depth, mid_text, render_books, spread_bps
 from marketdata.settings import ClientSettings
 from marketdata.v1 import market_data_pb2 as pb
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from marketdata.book import ASK, BID
-from marketdata.model import Event, Events, Snapshot, Update
+from marketdata.sim.model import Event, Events, Snapshot, Update
 from marketdata.v1 import market_data_pb2 as pb
 
 

@@ -1,7 +1,7 @@
 """The terminal ladder: one instrument's book as a rich renderable, and the quote figures.
 
 Pure code: values in, renderables and numbers out; no console, no clock, no I/O.
-The CLI client (marketdata.client) takes a `BookView` of each book at a batch
+The CLI client (marketdata.client.terminal) takes a `BookView` of each book at a batch
 boundary and hands it here, so what is drawn is always a verified state.
 
 A ladder reads top to bottom the way a trader reads one: asks above with the
