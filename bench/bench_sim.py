@@ -31,9 +31,9 @@ import grpc  # noqa: E402
 
 from marketdata.instruments import DEFAULT_INSTRUMENTS  # noqa: E402
 from marketdata.sim.model import Model  # noqa: E402
+from marketdata.sim.wire import WireEncoder  # noqa: E402
 from marketdata.v1 import market_data_pb2 as pb  # noqa: E402
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc  # noqa: E402
-from marketdata.sim.wire import WireEncoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = [inst.id for inst in DEFAULT_INSTRUMENTS]

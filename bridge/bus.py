@@ -31,9 +31,9 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from bridge import protocol
-from bridge.logs import Throttled
 from bridge.metrics import Stats
 from marketdata.errors import MessageError, UnknownInstrument
+from marketdata.logs import Throttled
 from marketdata.schema import TRADES_HISTORY, Keys, decode_instruments, heartbeat_ts
 from marketdata.settings import BridgeSettings
 

@@ -36,10 +36,10 @@ from redis.asyncio import Redis
 
 from bridge import protocol
 from bridge.bus import Bus, Feed, report_crash, stop
-from bridge.logs import Throttled
 from bridge.metrics import Gauges, Stats
 from bridge.sockets import Message, text_frame
 from marketdata.errors import MessageError
+from marketdata.logs import Throttled
 from marketdata.schema import MAX_MESSAGE_BYTES, TRADES_HISTORY, Keys, peek_seq
 from marketdata.settings import BridgeSettings
 

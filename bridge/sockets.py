@@ -129,7 +129,9 @@ class RawWire:
     def attach(cls, send: Send) -> RawWire | None:
         """A wire for the connection behind uvicorn's `send`, or None when it is another server."""
         try:
-            from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+            from uvicorn.protocols.websockets.websockets_sansio_impl import (
+                WebSocketsSansIOProtocol,
+            )
         except ImportError:  # pragma: no cover - uvicorn without websockets
             return None
         proto = getattr(send, "__self__", None)

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from bridge import protocol
 from bridge.hub import Hub
-from bridge.logs import Throttled
 from bridge.metrics import Stats
 from bridge.sockets import Outbox
 from marketdata.errors import UnknownInstrument
+from marketdata.logs import Throttled
 from marketdata.settings import BridgeSettings
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,8 @@ The whole tree::
     ├── BookError              a book cannot take an event
     │   ├── SequenceGap        an event's seq is not the one expected
     │   └── ChecksumMismatch   the rebuilt book differs from the exchange's
-    └── MessageError           a bus message that is not a valid snapshot or trade
+    ├── MessageError           a bus message that is not a valid snapshot or trade
+    └── StreamEnded            the simulator closed its stream (it does so when it stops)
 
 The core raises them; the edges turn them into gRPC statuses, WebSocket close
 codes, HTTP statuses or a one-line CLI message.
@@ -51,3 +52,7 @@ class ChecksumMismatch(BookError):
 
 class MessageError(MarketDataError, ValueError):
     """A message on the bus that is not a valid snapshot or trade."""
+
+
+class StreamEnded(MarketDataError):
+    """The simulator closed the stream, as it does when it shuts down; a consumer reconnects or stops."""

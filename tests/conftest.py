@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from marketdata.supervisor.redis_server import RedisServer
 from marketdata.settings import SimSettings
+from marketdata.supervisor.redis_server import RedisServer
 from tests.support import BackgroundLoop
 
 

@@ -35,10 +35,16 @@ import orjson
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from marketdata.errors import BookError, MarketDataError, UnknownInstrument
+from marketdata.client.ladder import (
+    BookView,
+    fit_depth,
+    mid_text,
+    render_books,
+    spread_bps,
+)
+from marketdata.errors import BookError, MarketDataError, StreamEnded, UnknownInstrument
 from marketdata.feed import Books
 from marketdata.instruments import Instrument
-from marketdata.client.ladder import BookView, fit_depth, mid_text, render_books, spread_bps
 from marketdata.settings import ClientSettings
 from marketdata.v1 import market_data_pb2 as pb
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc
@@ -53,10 +59,6 @@ _GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 class SimUnreachable(MarketDataError):
     """The simulator did not answer, or the stream from it broke."""
-
-
-class StreamEnded(Exception):
-    """The simulator closed the stream (it stops streams when it shuts down)."""
 
 
 class NotListed(UnknownInstrument):

@@ -25,13 +25,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import socket
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import redis.asyncio as aredis
@@ -40,9 +36,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from marketdata import schema
-from marketdata.errors import BookError, ChecksumMismatch, UnknownInstrument
-from marketdata.instruments import Instrument
+from marketdata.backoff import Backoff
+from marketdata.clock import now_us
+from marketdata.errors import (
+    BookError,
+    ChecksumMismatch,
+    StreamEnded,
+    UnknownInstrument,
+)
 from marketdata.ingest.publish_queue import IngestStats, Outbox, drain_commands
+from marketdata.instruments import Instrument
+from marketdata.logs import redact
 from marketdata.settings import IngestSettings
 from marketdata.v1 import market_data_pb2 as pb
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc
@@ -52,28 +56,6 @@ log = logging.getLogger(__name__)
 REDIS_TIMEOUT = 5.0  # seconds a Redis round trip may take before the connection counts as lost
 _timeout = getattr(asyncio, "timeout", None) or (lambda _delay: contextlib.nullcontext())  # Python 3.10: unbounded
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Capped exponential backoff with equal jitter: the n-th delay is in [d/2, d], d = min(cap, initial*2^n)."""
-
-    initial: float = 0.1
-    cap: float = 5.0
-    rng: random.Random = field(default_factory=random.Random)
-    attempts: int = 0
-
-    def next(self) -> float:
-        ceiling = min(self.cap, self.initial * 2 ** min(self.attempts, 32))
-        self.attempts += 1
-        return ceiling / 2 + self.rng.random() * ceiling / 2
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 def select_instruments(listed: Iterable[pb.Instrument], wanted: tuple[str, ...]) -> list[Instrument]:
@@ -88,20 +70,6 @@ def select_instruments(listed: Iterable[pb.Instrument], wanted: tuple[str, ...])
     if missing:
         raise UnknownInstrument(missing[0])
     return [by_id[w] for w in dict.fromkeys(wanted)]
-
-
-def redact(url: str) -> str:
-    """The URL with any password hidden, fit for a log line."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class SimLost(Exception):
-    """The simulator stream ended."""
 
 
 class Ingestor:
@@ -153,7 +121,7 @@ class Ingestor:
                 reason = "stream ended"
             except grpc.aio.AioRpcError as exc:
                 reason = f"{exc.code().name}: {exc.details()}"
-            except SimLost as exc:
+            except StreamEnded as exc:
                 reason = str(exc)
             what = "lost" if self.live else "unavailable"
             self._set_live(False)
@@ -188,7 +156,7 @@ class Ingestor:
         log.info("subscribed %d instruments", n)
         while True:
             if batch is grpc.aio.EOF:
-                raise SimLost("stream ended by the simulator")
+                raise StreamEnded("stream ended by the simulator")
             if not self.live:
                 self._set_live(True)
                 backoff.reset()

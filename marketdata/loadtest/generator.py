@@ -28,7 +28,15 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
-from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import (
+    WSCloseCode,
+    WSError,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
 
 from marketdata.loadtest import latency
 

@@ -31,9 +31,15 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from marketdata.loadtest import latency
 from marketdata.errors import MarketDataError
-from marketdata.loadtest.generator import PROTOCOLS, Report, Target, WorkerPlan, worker_main
+from marketdata.loadtest import latency
+from marketdata.loadtest.generator import (
+    PROTOCOLS,
+    Report,
+    Target,
+    WorkerPlan,
+    worker_main,
+)
 from marketdata.settings import LoadtestSettings
 
 log = logging.getLogger(__name__)

@@ -27,12 +27,13 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from marketdata.clock import now_us
 from marketdata.errors import MarketDataError
 from marketdata.instruments import Instrument, select
-from marketdata.sim.model import Model
 from marketdata.settings import SimSettings
-from marketdata.v1 import market_data_pb2 as pb
+from marketdata.sim.model import Model
 from marketdata.sim.wire import WireEncoder, encode_events, snapshot_event
+from marketdata.v1 import market_data_pb2 as pb
 
 __all__ = ["MAX_RATE", "SERVICE", "SimServer", "Subscriber", "WireEncoder", "encode_events", "run", "serve"]
 
@@ -44,10 +45,6 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 _MIN_TICK = 0.005  # seconds between generator wake-ups at most: higher rates batch per tick
 _MAX_CATCH_UP = 2 * _MIN_TICK  # seconds of events one tick generates at most (or 64), so sends interleave
 _RESYNC_LOG_EVERY = 10.0  # seconds between two resync log lines of one subscriber
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 # -- subscribers ---------------------------------------------------------------------------
@@ -221,7 +218,7 @@ class SimServer:
 
     def _emit(self, count: int) -> None:
         """Generate `count` events per instrument, serialise them once, queue them to subscribers."""
-        ts = _now_us()
+        ts = now_us()
         model = self.model
         encode = self._encoder.events
         max_batch = self.settings.max_batch
@@ -254,7 +251,7 @@ class SimServer:
 
     async def _get_snapshot(self, request: pb.GetSnapshotRequest, context: aio.ServicerContext) -> pb.Event:
         name = await self._check_ids([request.instrument], context)
-        return snapshot_event(self.model.snapshot(name[0], _now_us()))
+        return snapshot_event(self.model.snapshot(name[0], now_us()))
 
     async def _check_ids(self, ids: Iterable[str], context: aio.ServicerContext) -> tuple[str, ...]:
         """The known instruments among `ids` (deduplicated, in order) or abort the call."""
@@ -270,7 +267,7 @@ class SimServer:
         return tuple(chosen)
 
     def _snapshots(self, instruments: tuple[str, ...]) -> bytes:
-        ts = _now_us()
+        ts = now_us()
         return self._encoder.snapshots([self.model.snapshot(name, ts) for name in instruments])
 
     async def _subscribe(self, request: pb.SubscribeRequest, context: aio.ServicerContext) -> None:

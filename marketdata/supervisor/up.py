@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 from marketdata.errors import MarketDataError
+from marketdata.settings import UpSettings
 from marketdata.supervisor.ports import is_free
 from marketdata.supervisor.redis_server import RedisServer
-from marketdata.settings import UpSettings
 
 log = logging.getLogger(__name__)
 

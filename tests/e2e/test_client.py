@@ -14,8 +14,8 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from marketdata.instruments import DEFAULT_INSTRUMENTS
 from marketdata.client.ladder import PANEL_WIDTH
+from marketdata.instruments import DEFAULT_INSTRUMENTS
 from marketdata.supervisor.ports import free_port
 from tests.conftest import RunningSim
 from tests.support import BackgroundLoop, wait_for

@@ -31,8 +31,8 @@ from bridge.sockets import Outbox
 from marketdata import schema
 from marketdata.book import OrderBook
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument, select
-from marketdata.supervisor.redis_server import RedisServer
 from marketdata.settings import BridgeSettings
+from marketdata.supervisor.redis_server import RedisServer
 from tests.support import wait_for
 
 BTC, ETH = select(["BTC-USD", "ETH-USD"])

@@ -17,9 +17,9 @@ from marketdata.book import OrderBook
 from marketdata.errors import UnknownInstrument
 from marketdata.ingest.ingestor import Ingestor, run
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
-from marketdata.supervisor.redis_server import RedisServer
-from marketdata.sim.server import SimServer
 from marketdata.settings import IngestSettings, SimSettings
+from marketdata.sim.server import SimServer
+from marketdata.supervisor.redis_server import RedisServer
 from marketdata.v1 import market_data_pb2 as pb
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc
 from tests.conftest import RunningSim

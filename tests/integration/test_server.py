@@ -14,8 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from marketdata.errors import MarketDataError
 from marketdata.feed import Books
 from marketdata.instruments import DEFAULT_INSTRUMENTS
-from marketdata.sim.server import SERVICE, SimServer
 from marketdata.settings import SimSettings
+from marketdata.sim.server import SERVICE, SimServer
 from marketdata.v1 import market_data_pb2 as pb
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc
 from tests.support import async_wait_for

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 
 from marketdata import cli
-from marketdata.settings import BridgeSettings, ClientSettings, IngestSettings, LoadtestSettings, SimSettings, UpSettings
+from marketdata.settings import (
+    BridgeSettings,
+    ClientSettings,
+    IngestSettings,
+    LoadtestSettings,
+    SimSettings,
+    UpSettings,
+)
 
 COMMANDS = ("up", "sim", "ingest", "bridge", "client", "loadtest")
 

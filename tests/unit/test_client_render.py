@@ -10,9 +10,26 @@ import pytest
 from rich.console import Console
 
 from marketdata.book import ASK, BID, checksum
-from marketdata.client.terminal import Consumer, Disagreement, NotListed, Rates, SimUnreachable, _rpc_error, choose
+from marketdata.client.ladder import (
+    PANEL_CHROME,
+    PANEL_WIDTH,
+    BookView,
+    fit_depth,
+    mid_text,
+    render_book,
+    render_books,
+    spread_bps,
+)
+from marketdata.client.terminal import (
+    Consumer,
+    Disagreement,
+    NotListed,
+    Rates,
+    SimUnreachable,
+    _rpc_error,
+    choose,
+)
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
-from marketdata.client.ladder import PANEL_CHROME, PANEL_WIDTH, BookView, fit_depth, mid_text, render_book, render_books, spread_bps
 from marketdata.v1 import market_data_pb2 as pb
 
 BY_ID = {i.id: i for i in DEFAULT_INSTRUMENTS}

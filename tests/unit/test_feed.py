@@ -7,7 +7,12 @@ import zlib
 import pytest
 
 from marketdata.book import ASK, BID, OrderBook, checksum
-from marketdata.errors import BookError, ChecksumMismatch, SequenceGap, UnknownInstrument
+from marketdata.errors import (
+    BookError,
+    ChecksumMismatch,
+    SequenceGap,
+    UnknownInstrument,
+)
 from marketdata.feed import BatchResult, Books
 from marketdata.v1 import market_data_pb2 as pb
 

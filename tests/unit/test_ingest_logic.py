@@ -8,14 +8,16 @@ import orjson
 import pytest
 
 from marketdata import schema
+from marketdata.backoff import Backoff
 from marketdata.book import BID, OrderBook
 from marketdata.errors import ChecksumMismatch, SequenceGap, UnknownInstrument
-from marketdata.ingest.ingestor import Backoff, redact, select_instruments
+from marketdata.ingest.ingestor import select_instruments
 from marketdata.ingest.publish_queue import IngestStats, Outbox, drain_commands
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
-from marketdata.sim.model import Model, Snapshot, Trade, Update
-from marketdata.sim.model import Event as ModelEvent
+from marketdata.logs import redact
 from marketdata.settings import IngestSettings
+from marketdata.sim.model import Event as ModelEvent
+from marketdata.sim.model import Model, Snapshot, Trade, Update
 from marketdata.v1 import market_data_pb2 as pb
 
 BTC, ETH = DEFAULT_INSTRUMENTS[0], DEFAULT_INSTRUMENTS[1]

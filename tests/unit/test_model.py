@@ -15,7 +15,15 @@ from marketdata.book import ASK, BID
 from marketdata.errors import UnknownInstrument
 from marketdata.feed import Books
 from marketdata.instruments import DEFAULT_INSTRUMENTS
-from marketdata.sim.model import Event, Events, Model, ModelConfig, Snapshot, Trade, Update
+from marketdata.sim.model import (
+    Event,
+    Events,
+    Model,
+    ModelConfig,
+    Snapshot,
+    Trade,
+    Update,
+)
 from marketdata.sim.wire import WireEncoder
 from marketdata.v1 import market_data_pb2 as pb
 

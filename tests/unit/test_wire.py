@@ -6,8 +6,8 @@ import random
 
 from marketdata.instruments import DEFAULT_INSTRUMENTS
 from marketdata.sim.model import Event, Events, Model, Trade, Update
-from marketdata.v1 import market_data_pb2 as pb
 from marketdata.sim.wire import WireEncoder, encode_events
+from marketdata.v1 import market_data_pb2 as pb
 
 IDS = [inst.id for inst in DEFAULT_INSTRUMENTS]
 TS = 1_700_000_000_123_456

@@ -1,9 +1,10 @@
-"""Rate-limited log lines, for events that can repeat per message (garbage on a channel, slow clients)."""
+"""What may go into a log line: rate-limited lines for events that repeat per message, and URLs without passwords."""
 
 from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 
 class Throttled:
@@ -28,3 +29,15 @@ class Throttled:
         self._held = 0
         self._next = now + self._every
         self._log.log(level, msg, *args)
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, fit for a log line or an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
