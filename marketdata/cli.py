@@ -7,7 +7,9 @@ shows both and the default. Bad values are a one-line error and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 from marketdata import __version__
 from marketdata.errors import MarketDataError
 from marketdata.settings import (
+    LOG_LEVEL,
     BridgeSettings,
     ClientSettings,
     IngestSettings,
@@ -53,7 +56,7 @@ def count(text: str) -> int:
 
 def positive_float(text: str) -> float:
     x = float(text)
-    if not x > 0 or x != x or x == float("inf"):
+    if not (x > 0 and math.isfinite(x)):
         raise ValueError(f"{text} is not a positive number")
     return x
 
@@ -114,11 +117,31 @@ def _typed(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+_NO_DEFAULT: Any = object()
+
+
+def _field_default(settings: type, name: str) -> Any:
+    """The default of field `name` of a settings dataclass: the one place a flag's default is written."""
+    for f in dataclasses.fields(settings):
+        if f.name == name:
+            return f.default
+    raise LookupError(f"{settings.__name__} has no field {name!r}")
+
+
 class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, settings: type | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The settings dataclass this command builds; its fields' defaults are the flags'.
+        self.settings = settings
         # A bad MD_* value is reported only if this command is the one run.
         self.env_errors: list[str] = []
+
+    def _default(self, flag: str, default: Any) -> Any:
+        if default is not _NO_DEFAULT:
+            return default
+        if self.settings is None:
+            raise TypeError(f"{self.prog} {flag}: no default given and no settings class to take it from")
+        return _field_default(self.settings, flag.removeprefix("--").replace("-", "_"))
 
     def error(self, message: str) -> NoReturn:
         """One line, no usage dump, exit code 2."""
@@ -134,24 +157,24 @@ class _Parser(argparse.ArgumentParser):
             self.env_errors.append(f"environment variable {env}={raw!r}: {exc}")
             return default
 
-    def opt(self, flag: str, env: str, kind: Callable[[str], Any], default: Any, help: str, **kw: Any) -> None:
-        """A flag whose default comes from `env` when that variable is set."""
-        default = self._env(env, kind, default)
+    def opt(self, flag: str, env: str, kind: Callable[[str], Any], help: str, default: Any = _NO_DEFAULT) -> None:
+        """A flag whose default is its settings field's, or `env`'s value when that variable is set."""
+        default = self._env(env, kind, self._default(flag, default))
         shown = ",".join(default) if isinstance(default, tuple) else default
         if shown in ("", None, ()):
             shown = "none"
         # argparse %-formats help text: a "%" in a value (a URL-quoted password) must be doubled
         shown = str(shown).replace("%", "%%")
-        self.add_argument(flag, type=_typed(kind), default=default, help=f"{help} [env {env}; default {shown}]", **kw)
+        self.add_argument(flag, type=_typed(kind), default=default, help=f"{help} [env {env}; default {shown}]")
 
-    def flag(self, flag: str, env: str, help: str, default: bool = False) -> None:
+    def flag(self, flag: str, env: str, help: str) -> None:
         """An on/off switch; --no-X turns it off."""
-        default = self._env(env, boolean, default)
+        default = self._env(env, boolean, self._default(flag, _NO_DEFAULT))
         self.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f"{help} [env {env}; default {'on' if default else 'off'}]")
 
 
 def _common(p: _Parser) -> None:
-    p.opt("--log-level", "MD_LOG_LEVEL", choice("debug", "info", "warning", "error"), "info", "log verbosity")
+    p.opt("--log-level", "MD_LOG_LEVEL", choice("debug", "info", "warning", "error"), "log verbosity", default=LOG_LEVEL)
 
 
 def build_parser() -> _Parser:
@@ -163,89 +186,80 @@ def build_parser() -> _Parser:
     )
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    p = sub.add_parser("up", help="run everything: Redis, simulator, ingestor and N bridges", description="Start the whole system in one terminal and print the dashboard URLs. Ctrl-C stops everything.")
-    p.opt("--bridges", "MD_BRIDGES", positive_int, 2, "bridge processes to start")
-    p.opt("--host", "MD_BRIDGE_HOST", str, "127.0.0.1", "interface the bridges listen on")
-    p.opt("--port", "MD_BRIDGE_PORT", port, 8000, "port of the first bridge; the others count upward")
-    p.opt("--redis-url", "MD_REDIS_URL", redis_url, None, "use this Redis instead of starting the embedded one")
-    p.opt("--sim-port", "MD_SIM_PORT", port, 50051, "port of the simulator's gRPC server")
-    p.opt("--rate", "MD_RATE", positive_float, 20.0, "simulator events per second per instrument")
-    p.opt("--seed", "MD_SEED", int, 1, "simulator seed (same seed, same market)")
-    p.opt("--depth", "MD_DEPTH", positive_int, 25, "levels per side in each published snapshot (at least 10)")
+    p = sub.add_parser("up", help="run everything: Redis, simulator, ingestor and N bridges", description="Start the whole system in one terminal and print the dashboard URLs. Ctrl-C stops everything.", settings=UpSettings)
+    p.opt("--bridges", "MD_BRIDGES", positive_int, "bridge processes to start")
+    p.opt("--host", "MD_BRIDGE_HOST", str, "interface the bridges listen on")
+    p.opt("--port", "MD_BRIDGE_PORT", port, "port of the first bridge; the others count upward")
+    p.opt("--redis-url", "MD_REDIS_URL", redis_url, "use this Redis instead of starting the embedded one")
+    p.opt("--sim-port", "MD_SIM_PORT", port, "port of the simulator's gRPC server")
+    p.opt("--rate", "MD_RATE", positive_float, "simulator events per second per instrument")
+    p.opt("--seed", "MD_SEED", int, "simulator seed (same seed, same market)")
+    p.opt("--depth", "MD_DEPTH", positive_int, "levels per side in each published snapshot (at least 10)")
     _common(p)
 
-    p = sub.add_parser("sim", help="run the simulated exchange (gRPC server)", description="Serve a deterministic simulated market over gRPC (marketdata.v1.MarketData), with health checking and reflection.")
-    p.opt("--host", "MD_SIM_HOST", str, "127.0.0.1", "interface to listen on (0.0.0.0 for every interface)")
-    p.opt("--port", "MD_SIM_PORT", port, 50051, "port to listen on (0: any free port, printed in the log)")
-    p.opt("--seed", "MD_SEED", int, 1, "seed of the order-flow model (same seed, same events)")
-    p.opt("--instruments", "MD_INSTRUMENTS", id_list, (), "comma list of instruments to list (default: all eight)")
-    p.opt("--rate", "MD_RATE", positive_float, 20.0, "events per second per instrument (1 to 100000)")
-    p.opt("--burst-factor", "MD_BURST_FACTOR", positive_float, 1.0, "rate multiplier during bursts (1: no bursts)")
-    p.opt("--burst-every", "MD_BURST_EVERY", positive_float, 10.0, "seconds between the starts of two bursts")
-    p.opt("--burst-length", "MD_BURST_LENGTH", positive_float, 1.0, "seconds a burst lasts")
-    p.opt("--max-batch", "MD_MAX_BATCH", positive_int, 1000, "events per gRPC message at most")
-    p.opt("--queue-batches", "MD_QUEUE_BATCHES", positive_int, 256, "batches a subscriber may lag before it gets fresh snapshots instead")
+    p = sub.add_parser("sim", help="run the simulated exchange (gRPC server)", description="Serve a deterministic simulated market over gRPC (marketdata.v1.MarketData), with health checking and reflection.", settings=SimSettings)
+    p.opt("--host", "MD_SIM_HOST", str, "interface to listen on (0.0.0.0 for every interface)")
+    p.opt("--port", "MD_SIM_PORT", port, "port to listen on (0: any free port, printed in the log)")
+    p.opt("--seed", "MD_SEED", int, "seed of the order-flow model (same seed, same events)")
+    p.opt("--instruments", "MD_INSTRUMENTS", id_list, "comma list of instruments to list (default: all eight)")
+    p.opt("--rate", "MD_RATE", positive_float, "events per second per instrument (1 to 100000)")
+    p.opt("--burst-factor", "MD_BURST_FACTOR", positive_float, "rate multiplier during bursts (1: no bursts)")
+    p.opt("--burst-every", "MD_BURST_EVERY", positive_float, "seconds between the starts of two bursts")
+    p.opt("--burst-length", "MD_BURST_LENGTH", positive_float, "seconds a burst lasts")
+    p.opt("--max-batch", "MD_MAX_BATCH", positive_int, "events per gRPC message at most")
+    p.opt("--queue-batches", "MD_QUEUE_BATCHES", positive_int, "batches a subscriber may lag before it gets fresh snapshots instead")
     _common(p)
 
-    p = sub.add_parser("ingest", help="rebuild books from the simulator and publish them to Redis", description="Subscribe to the simulator, verify every book, publish snapshots to Redis pub/sub with a last-value key.")
-    p.opt("--sim", "MD_SIM", address, "127.0.0.1:50051", "simulator address host:port")
-    p.opt("--redis-url", "MD_REDIS_URL", redis_url, "redis://127.0.0.1:6379/0", "Redis to publish to")
-    p.opt("--depth", "MD_DEPTH", positive_int, 25, "levels per side in each published snapshot (at least 10)")
-    p.opt("--prefix", "MD_PREFIX", str, "md", "prefix of every Redis key and channel")
-    p.opt("--instruments", "MD_INSTRUMENTS", id_list, (), "comma list of instruments to ingest (default: all the simulator lists)")
-    p.flag("--coalesce", "MD_COALESCE", "publish one snapshot per changed instrument per drain (--no-coalesce: one per event)", default=True)
-    p.opt("--heartbeat-ttl", "MD_HEARTBEAT_TTL", positive_float, 3.0, "seconds the heartbeat key lives without a refresh")
-    p.opt("--trades-history", "MD_TRADES_HISTORY", positive_int, 50, "recent trades kept per instrument")
+    p = sub.add_parser("ingest", help="rebuild books from the simulator and publish them to Redis", description="Subscribe to the simulator, verify every book, publish snapshots to Redis pub/sub with a last-value key.", settings=IngestSettings)
+    p.opt("--sim", "MD_SIM", address, "simulator address host:port")
+    p.opt("--redis-url", "MD_REDIS_URL", redis_url, "Redis to publish to")
+    p.opt("--depth", "MD_DEPTH", positive_int, "levels per side in each published snapshot (at least 10)")
+    p.opt("--prefix", "MD_PREFIX", str, "prefix of every Redis key and channel")
+    p.opt("--instruments", "MD_INSTRUMENTS", id_list, "comma list of instruments to ingest (default: all the simulator lists)")
+    p.flag("--coalesce", "MD_COALESCE", "publish one snapshot per changed instrument per drain (--no-coalesce: one per event)")
+    p.opt("--heartbeat-ttl", "MD_HEARTBEAT_TTL", positive_float, "seconds the heartbeat key lives without a refresh")
+    p.opt("--trades-history", "MD_TRADES_HISTORY", positive_int, "recent trades kept per instrument")
     _common(p)
 
-    p = sub.add_parser("bridge", help="serve the dashboard and WebSockets from Redis", description="A stateless FastAPI bridge: Redis pub/sub in, WebSocket clients out. Start as many as you like.")
-    p.opt("--host", "MD_BRIDGE_HOST", str, "127.0.0.1", "interface to listen on (0.0.0.0 for every interface)")
-    p.opt("--port", "MD_BRIDGE_PORT", port, 8000, "port to listen on")
-    p.opt("--redis-url", "MD_REDIS_URL", redis_url, "redis://127.0.0.1:6379/0", "Redis to subscribe to")
-    p.opt("--prefix", "MD_PREFIX", str, "md", "prefix of every Redis key and channel")
-    p.opt("--allowed-origins", "MD_ALLOWED_ORIGINS", id_list, (), "comma list of browser origins allowed to open WebSockets ('*': any; default: same origin)")
-    p.opt("--send-timeout", "MD_SEND_TIMEOUT", positive_float, 5.0, "seconds a socket may stay stuck in one send before it is closed")
-    p.opt("--stale-after", "MD_STALE_AFTER", positive_float, 3.0, "seconds without a feed heartbeat before the feed is reported stale")
-    p.opt("--max-frame", "MD_MAX_FRAME", positive_int, 4096, "largest inbound WebSocket frame in bytes")
-    p.opt("--ws", "MD_WS", choice("websockets-sansio", "websockets", "wsproto"), "websockets-sansio", "uvicorn WebSocket implementation")
-    p.opt("--loop", "MD_LOOP", choice("auto", "uvloop", "asyncio"), "auto", "event loop")
+    p = sub.add_parser("bridge", help="serve the dashboard and WebSockets from Redis", description="A stateless FastAPI bridge: Redis pub/sub in, WebSocket clients out. Start as many as you like.", settings=BridgeSettings)
+    p.opt("--host", "MD_BRIDGE_HOST", str, "interface to listen on (0.0.0.0 for every interface)")
+    p.opt("--port", "MD_BRIDGE_PORT", port, "port to listen on")
+    p.opt("--redis-url", "MD_REDIS_URL", redis_url, "Redis to subscribe to")
+    p.opt("--prefix", "MD_PREFIX", str, "prefix of every Redis key and channel")
+    p.opt("--allowed-origins", "MD_ALLOWED_ORIGINS", id_list, "comma list of browser origins allowed to open WebSockets ('*': any; default: same origin)")
+    p.opt("--send-timeout", "MD_SEND_TIMEOUT", positive_float, "seconds a socket may stay stuck in one send before it is closed")
+    p.opt("--stale-after", "MD_STALE_AFTER", positive_float, "seconds without a feed heartbeat before the feed is reported stale")
+    p.opt("--max-frame", "MD_MAX_FRAME", positive_int, "largest inbound WebSocket frame in bytes")
+    p.opt("--ws", "MD_WS", choice("websockets-sansio", "websockets", "wsproto"), "uvicorn WebSocket implementation")
+    p.opt("--loop", "MD_LOOP", choice("auto", "uvloop", "asyncio"), "event loop")
     _common(p)
 
-    p = sub.add_parser("client", help="print live books from the simulator in the terminal", description="Subscribe to the simulator, rebuild and verify every book, show a live ladder (or JSON lines).")
-    p.opt("--sim", "MD_SIM", address, "127.0.0.1:50051", "simulator address host:port")
-    p.opt("--instruments", "MD_INSTRUMENTS", id_list, (), "comma list of instruments (default: all)")
-    p.opt("--depth", "MD_CLIENT_DEPTH", positive_int, 10, "levels per side to show")
-    p.opt("--count", "MD_COUNT", count, 0, "stop after this many updates (an update is one instrument whose book changed in one batch from the simulator, checked against the exchange's checksum; 0: run until Ctrl-C)")
+    p = sub.add_parser("client", help="print live books from the simulator in the terminal", description="Subscribe to the simulator, rebuild and verify every book, show a live ladder (or JSON lines).", settings=ClientSettings)
+    p.opt("--sim", "MD_SIM", address, "simulator address host:port")
+    p.opt("--instruments", "MD_INSTRUMENTS", id_list, "comma list of instruments (default: all)")
+    p.opt("--depth", "MD_CLIENT_DEPTH", positive_int, "levels per side to show")
+    p.opt("--count", "MD_COUNT", count, "stop after this many updates (an update is one instrument whose book changed in one batch from the simulator, checked against the exchange's checksum; 0: run until Ctrl-C)")
     p.flag("--json", "MD_JSON", "print one JSON line per update instead of the ladder: instrument, seq, ts (µs), bid, bid_size, ask, ask_size, spread, spread_bps, mid, checksum, verified")
     _common(p)
 
-    p = sub.add_parser("loadtest", help="measure a bridge with many WebSocket clients", description="Open many WebSocket clients against a bridge and report delivered messages/s and latency.")
-    p.opt("--url", "MD_URL", http_url, "http://127.0.0.1:8000", "bridge base URL")
-    p.opt("--clients", "MD_CLIENTS", positive_int, 100, "WebSocket clients to open, spread over the instruments")
-    p.opt("--instruments", "MD_INSTRUMENTS", id_list, (), "comma list of instruments (default: all the bridge lists)")
-    p.opt("--duration", "MD_DURATION", positive_float, 10.0, "seconds to measure, after the warm-up")
-    p.opt("--warmup", "MD_WARMUP", float, 1.0, "seconds of warm-up not counted")
-    p.opt("--mode", "MD_MODE", choice("single", "multi"), "single", "single: /ws/market_data/{id}; multi: one /ws per client")
-    p.opt("--processes", "MD_PROCESSES", count, 0, "load generator processes (0: one per core)")
+    p = sub.add_parser("loadtest", help="measure a bridge with many WebSocket clients", description="Open many WebSocket clients against a bridge and report delivered messages/s and latency.", settings=LoadtestSettings)
+    p.opt("--url", "MD_URL", http_url, "bridge base URL")
+    p.opt("--clients", "MD_CLIENTS", positive_int, "WebSocket clients to open, spread over the instruments")
+    p.opt("--instruments", "MD_INSTRUMENTS", id_list, "comma list of instruments (default: all the bridge lists)")
+    p.opt("--duration", "MD_DURATION", positive_float, "seconds to measure, after the warm-up")
+    p.opt("--warmup", "MD_WARMUP", float, "seconds of warm-up not counted")
+    p.opt("--mode", "MD_MODE", choice("single", "multi"), "single: /ws/market_data/{id}; multi: one /ws per client")
+    p.opt("--processes", "MD_PROCESSES", count, "load generator processes (0: one per core)")
     p.flag("--json", "MD_JSON", "print the summary as one JSON object")
     _common(p)
     root.commands = sub.choices  # type: ignore[attr-defined]
     return root
 
 
-def _settings(ns: argparse.Namespace) -> Any:
+def _settings(command: _Parser, ns: argparse.Namespace) -> Any:
     values = {k: v for k, v in vars(ns).items() if k not in ("command", "log_level")}
-    kinds = {
-        "up": UpSettings,
-        "sim": SimSettings,
-        "ingest": IngestSettings,
-        "bridge": BridgeSettings,
-        "client": ClientSettings,
-        "loadtest": LoadtestSettings,
-    }
-    return kinds[ns.command](**values)
+    return command.settings(**values)  # type: ignore[misc]
 
 
 def _entry(command: str) -> Callable[[Any], int | None]:
@@ -279,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = _settings(ns)
+    settings = _settings(command, ns)
     try:
         return _entry(ns.command)(settings) or 0
     except KeyboardInterrupt:

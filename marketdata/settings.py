@@ -1,7 +1,8 @@
 """Typed settings of every role, built by the CLI from flags and MD_* variables.
 
 Each role's entry function takes one of these; nothing reads the environment or
-argv anywhere else.
+argv anywhere else. The fields' defaults are the flags' defaults: the CLI reads them
+from here and writes none of its own.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+LOG_LEVEL = "info"  # every command's --log-level; the CLI sets up logging itself
 
 
 @dataclass(frozen=True, slots=True)

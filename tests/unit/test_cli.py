@@ -6,6 +6,9 @@ settings it is handed, so nothing starts.
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -23,8 +26,13 @@ from marketdata.settings import (
 )
 
 COMMANDS = ("up", "sim", "ingest", "bridge", "client", "loadtest")
+# the settings dataclass each command builds, whose fields' defaults are its flags' defaults
+SETTINGS = {
+    "up": UpSettings, "sim": SimSettings, "ingest": IngestSettings,
+    "bridge": BridgeSettings, "client": ClientSettings, "loadtest": LoadtestSettings,
+}  # fmt: skip
 
-# DESIGN.md's table of public flags, with the variable each one reads, a good value and
+# docs/architecture.md's table of public flags, with the variable each one reads, a good value and
 # the settings field and value it gives.
 PUBLIC: list[tuple[str, str, str, str, str, Any]] = [
     ("sim", "--host", "MD_SIM_HOST", "0.0.0.0", "host", "0.0.0.0"),
@@ -149,16 +157,40 @@ def test_help_shows_env_value_as_default(monkeypatch: pytest.MonkeyPatch, capsys
 
 
 def test_defaults_match_settings(entry: list[tuple[str, Any]]) -> None:
-    defaults = {
-        "up": UpSettings(), "sim": SimSettings(), "ingest": IngestSettings(),
-        "bridge": BridgeSettings(), "client": ClientSettings(), "loadtest": LoadtestSettings(),
-    }  # fmt: skip
     for command in COMMANDS:
-        assert settings_of(entry, command) == defaults[command], f"`marketdata {command}` defaults differ from settings.py"
+        assert settings_of(entry, command) == SETTINGS[command](), f"`marketdata {command}` defaults differ from settings.py"
     assert settings_of(entry, "sim").port == 50051
     assert settings_of(entry, "bridge").port == 8000
     assert settings_of(entry, "ingest").coalesce is True
     assert settings_of(entry, "ingest", "--no-coalesce").coalesce is False
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_default_is_its_settings_field_default(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser().commands[command]  # type: ignore[attr-defined]
+    assert parser.settings is SETTINGS[command]
+    fields = {f.name: f.default for f in dataclasses.fields(SETTINGS[command])}
+    flags = {a.dest: a.default for a in parser._actions if a.option_strings and a.dest not in ("help", "log_level")}
+    assert flags.keys() == fields.keys(), f"{command}: flags and {SETTINGS[command].__name__} fields differ"
+    for name, default in fields.items():
+        assert flags[name] == default, f"{command} --{name.replace('_', '-')} defaults to {flags[name]!r}, its settings field to {default!r}"
+    # and --help shows the field's default
+    help_text = folded(exits(capsys, command, "--help")[1])
+    for name, default in fields.items():
+        if isinstance(default, (int, float, str)) and not isinstance(default, bool) and default != "":
+            assert f"; default {default}]" in help_text, f"{command} --help does not show {name}'s default {default}"
+
+
+def test_cli_writes_no_default_of_its_own() -> None:
+    """Defaults live in settings.py: no opt()/flag() call in build_parser passes one (but --log-level's)."""
+    tree = ast.parse(inspect.getsource(cli))
+    offenders = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("opt", "flag"):
+            flag = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else "?"
+            if flag != "--log-level" and (len(node.args) > 4 or any(k.arg == "default" for k in node.keywords)):
+                offenders.append(f"{flag} (line {node.lineno})")
+    assert offenders == [], f"cli.py writes these defaults itself instead of taking them from settings.py: {offenders}"
 
 
 @pytest.mark.parametrize(("command", "flag", "env", "value", "field", "expected"), PUBLIC, ids=[f"{c} {f}" for c, f, *_ in PUBLIC])
