@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 
 from marketdata.loadtest import latency
-from marketdata.loadtest.runner import Plan, Result, Totals
+from marketdata.loadtest.measurement import Plan, Result, Totals
 
 
 def _n(x: float) -> str:
