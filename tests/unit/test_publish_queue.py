@@ -1,4 +1,4 @@
-"""The ingestor's pure parts: backoff, the outbox (coalescing, verification), the pipeline it writes."""
+"""The publish queue (marketdata.ingest.publish_queue): what the ingestor decides to write, and the commands it writes it with."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import orjson
 import pytest
 
 from marketdata import schema
-from marketdata.backoff import Backoff
 from marketdata.book import BID, OrderBook
-from marketdata.errors import ChecksumMismatch, SequenceGap, UnknownInstrument
-from marketdata.ingest.ingestor import select_instruments
+from marketdata.errors import ChecksumMismatch, SequenceGap
 from marketdata.ingest.publish_queue import IngestStats, Outbox, drain_commands
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
-from marketdata.logs import redact
 from marketdata.settings import IngestSettings
 from marketdata.sim.model import Event as ModelEvent
 from marketdata.sim.model import Model, Snapshot, Trade, Update
@@ -45,17 +42,6 @@ def outbox(instruments: tuple[Instrument, ...] = (BTC, ETH), **kw: object) -> Ou
 
 def model(instruments: tuple[Instrument, ...] = (BTC, ETH)) -> Model:
     return Model(instruments, random.Random(3))
-
-
-def test_backoff_doubles_to_the_cap_with_jitter_and_resets() -> None:
-    b = Backoff(initial=0.1, cap=5.0, rng=random.Random(1))
-    delays = [b.next() for _ in range(12)]
-    ceilings = [min(5.0, 0.1 * 2**i) for i in range(12)]
-    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings)), delays
-    assert max(delays) <= 5.0 and delays[-1] >= 2.5
-    assert len(set(delays)) == len(delays), "jitter should make delays differ"
-    b.reset()
-    assert b.next() <= 0.1
 
 
 def test_one_snapshot_per_changed_instrument_per_drain() -> None:
@@ -141,22 +127,6 @@ def test_republish_all_makes_every_ready_book_due_again() -> None:
     assert drain.instruments is not None and [k for k, _ in drain.books] == [b"md:book:BTC-USD"]
 
 
-def test_select_instruments_keeps_the_requested_order_and_names_an_unknown_one() -> None:
-    listed = [pb.Instrument(id=i.id, kind=i.kind, description=i.description, tick_size=i.tick_size, lot_size=i.lot_size,
-                            price_decimals=i.price_decimals, size_decimals=i.size_decimals) for i in DEFAULT_INSTRUMENTS]
-    assert [i.id for i in select_instruments(listed, ())] == [i.id for i in DEFAULT_INSTRUMENTS]
-    chosen = select_instruments(listed, ("ETH-USD", "BTC-USD", "ETH-USD"))
-    assert [i.id for i in chosen] == ["ETH-USD", "BTC-USD"]
-    assert schema.instrument_json(chosen[1]) == schema.instrument_json(BTC)
-    with pytest.raises(UnknownInstrument, match="'DOGE-USD'"):
-        select_instruments(listed, ("BTC-USD", "DOGE-USD"))
-
-
-def test_redact_hides_only_the_password() -> None:
-    assert redact("redis://u:secret@h:6379/0") == "redis://u:***@h:6379/0"
-    assert redact("redis://h:6379/0") == "redis://h:6379/0"
-
-
 def test_a_drain_is_a_few_commands_whatever_its_size() -> None:
     m, box = model(), outbox()
     box.apply([to_pb(m.snapshot("BTC-USD", 1)), to_pb(m.snapshot("ETH-USD", 1))], pts=1)
@@ -170,3 +140,88 @@ def test_a_drain_is_a_few_commands_whatever_its_size() -> None:
     assert commands[1][0] == b"EVAL" and commands[1][2:] == (b"2", b"md:book:BTC-USD", b"md:book:ETH-USD", *(p for _, p in drain.books))
     assert commands[2][0] == b"EVAL" and commands[2][2:] == (b"1", b"md:trades:BTC-USD", b"3", *trades)
     assert not box.take(pts=4)
+
+
+def test_the_instrument_list_is_written_once_then_again_only_when_asked() -> None:
+    box = outbox()
+    first = box.take(pts=1)
+    assert first and first.instruments == schema.encode_instruments((BTC, ETH))
+    assert not first.books and not first.trades, "no book is ready before its snapshot"
+    assert not box.take(pts=2), "an empty drain is falsy: the publisher sleeps"
+    box.republish_all()
+    assert box.take(pts=3).instruments == first.instruments
+
+
+def test_keys_follow_the_prefix_and_snapshots_the_depth() -> None:
+    m, box = model((BTC,)), outbox((BTC,), prefix="desk7", depth=10)
+    box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
+    box.apply([to_pb(e) for e in m.generate("BTC-USD", 200, ts=2)], pts=2)
+    drain = box.take(pts=3)
+    (key, payload), = drain.books
+    assert key == b"desk7:book:BTC-USD"
+    assert set(drain.trades) <= {b"desk7:trades:BTC-USD"}
+    book = schema.decode(payload)
+    assert len(book["bids"]) == 10 and len(book["asks"]) == 10
+    assert drain_commands(drain, b"desk7:instruments", history=50)[0] == (b"SET", b"desk7:instruments", drain.instruments)
+
+
+def test_events_of_a_book_waiting_for_its_snapshot_are_not_written() -> None:
+    m, box = model(), outbox()
+    box.apply([to_pb(m.snapshot("BTC-USD", 1)), to_pb(m.snapshot("ETH-USD", 1))], pts=1)
+    box.take(pts=1)
+    eth = [to_pb(e) for e in m.generate("ETH-USD", 20, ts=2)]
+    box.books.invalidate("ETH-USD")  # as after a resubscribe, before the fresh snapshot arrives
+    box.apply([*eth, *(to_pb(e) for e in m.generate("BTC-USD", 5, ts=3))], pts=2)
+    assert [k for k, _ in box.take(pts=3).books] == [b"md:book:BTC-USD"]
+
+
+def test_without_coalescing_only_the_newest_snapshots_wait_while_redis_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    import marketdata.ingest.publish_queue as publish_queue
+
+    monkeypatch.setattr(publish_queue, "MAX_PENDING", 8)
+    m, box = model((BTC,)), outbox((BTC,), coalesce=False)
+    box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
+    box.apply([to_pb(e) for e in m.generate("BTC-USD", 20, ts=2)], pts=2)
+    seqs = [schema.decode(p)["seq"] for _, p in box.take(pts=3).books]
+    assert seqs == list(range(13, 21)), "the oldest go first"
+    assert box.stats.dropped == 21 - 8
+
+
+def test_trades_held_while_redis_is_away_keep_the_newest_of_every_instrument(monkeypatch: pytest.MonkeyPatch) -> None:
+    import marketdata.ingest.publish_queue as publish_queue
+
+    monkeypatch.setattr(publish_queue, "MAX_PENDING", 6)
+    box = outbox()
+    book = OrderBook("any")
+    book.reset(1, [(100, 5)], [(101, 5)])
+
+    def snapshot(name: str) -> pb.Event:
+        ev = pb.Event(instrument=name, seq=0, ts=0, checksum=book.checksum())
+        ev.snapshot.bids.add(side=1, price=100, size=5)
+        ev.snapshot.asks.add(side=2, price=101, size=5)
+        return ev
+
+    def trades(name: str, seqs: range) -> list[pb.Event]:
+        out = [pb.Event(instrument=name, seq=s, ts=s, trade=pb.Trade(price=101, size=1, aggressor=BID)) for s in seqs]
+        out[-1].checksum = book.checksum()
+        return out
+
+    box.apply([snapshot("BTC-USD"), snapshot("ETH-USD")], pts=0)
+    box.take(pts=0)
+    box.apply(trades("BTC-USD", range(1, 9)), pts=1)  # 8 > 6: BTC keeps its newest 6
+    box.apply(trades("ETH-USD", range(1, 3)), pts=1)  # 8 > 6 again: each instrument keeps its newest 3
+    drain = box.take(pts=1)
+    seqs = {key: [schema.decode(p)["seq"] for p in payloads] for key, payloads in drain.trades.items()}
+    assert seqs == {b"md:trades:BTC-USD": [6, 7, 8], b"md:trades:ETH-USD": [1, 2]}
+    assert drain.trade_count == 5 and box.stats.trades == 10 and box.stats.dropped == 5
+    assert not box.take(pts=2).trades, "a drain takes the trades it returns"
+
+
+def test_commands_of_a_drain_with_books_only_or_nothing() -> None:
+    m, box = model((BTC,)), outbox((BTC,))
+    box.take(pts=0)  # the instrument list
+    assert drain_commands(box.take(pts=1), b"md:instruments", history=50) == []
+    box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
+    drain = box.take(pts=2)
+    (command,) = drain_commands(drain, b"md:instruments", history=50)
+    assert command[0] == b"EVAL" and command[2:] == (b"1", b"md:book:BTC-USD", drain.books[0][1])
