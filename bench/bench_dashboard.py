@@ -41,6 +41,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.child import cpu_seconds  # noqa: E402
 from tests.e2e.browser import CHROMIUM_ARGS, ChromiumMissing, Pipeline, find_chromium  # noqa: E402
 
 FRAME_COUNTER = """
@@ -62,7 +63,6 @@ LIVE_JS = """
 # As Playwright launches it: a headless page is never throttled as a background one.
 BENCH_ARGS = ["--disable-renderer-backgrounding", "--disable-background-timer-throttling",
               "--disable-backgrounding-occluded-windows", "--hide-scrollbars", "--mute-audio"]
-HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _ppid(pid: str) -> str:
@@ -93,9 +93,7 @@ def renderer_main_cpu(marker: str) -> float | None:
                         break
             if not ours:
                 continue
-            with open(f"/proc/{pid}/task/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / HZ
+            total += cpu_seconds(int(pid), thread=int(pid))
         except OSError:
             continue
     return total
@@ -109,7 +107,8 @@ class Cdp:
         if path is None:
             raise ChromiumMissing("no Chromium found: install it (apt-get install chromium) or set MD_CHROMIUM=/path/to/chromium")
         self._exit = contextlib.ExitStack()
-        self._dir = tempfile.TemporaryDirectory(prefix="md-bench-chromium-")
+        # Chromium's helper processes can still write to the profile while it is removed: leave any rest to /tmp
+        self._dir = tempfile.TemporaryDirectory(prefix="md-bench-chromium-", ignore_cleanup_errors=True)
         args = [path, *CHROMIUM_ARGS, *BENCH_ARGS, *extra_args, "--remote-debugging-port=0", f"--user-data-dir={self._dir.name}",
                 "--window-size=1600,1000", "about:blank"]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -33,35 +33,24 @@ import dataclasses
 import json
 import os
 import pstats
-import random
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import grpc  # noqa: E402
 import orjson  # noqa: E402
 import redis.asyncio as aredis  # noqa: E402
 
+from bench.child import cpu_seconds, grpc_server  # noqa: E402
 from marketdata.supervisor.ports import free_port  # noqa: E402
 from marketdata.supervisor.redis_server import RedisServer  # noqa: E402
-from marketdata.v1 import market_data_pb2 as pb  # noqa: E402
 
 TARGET = 200_000  # events/s ingested with coalescing, the issue's target
 MAX_RATE = 100_000.0  # the simulator's highest --rate
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -79,67 +68,12 @@ def feed(name: str) -> Iterator[tuple[str, int]]:
     """Start the simulator (sim@R) or the replay server in a child; yield its address and pid."""
     port = free_port()
     if name == "replay":
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-replay", str(port)]
+        args = [str(Path(__file__).resolve()), "--serve-replay", str(port)]
     else:
         rate = name.split("@", 1)[1]
-        cmd = [sys.executable, "-m", "marketdata", "sim", "--port", str(port), "--rate", rate, "--log-level", "error"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    try:
-        with grpc.insecure_channel(address) as channel:
-            grpc.channel_ready_future(channel).result(timeout=120)
-        yield address, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-async def serve_replay(port: int) -> None:
-    """Pre-generated batches in a loop, as fast as they are read; each loop starts with snapshots."""
-    from marketdata.instruments import DEFAULT_INSTRUMENTS
-    from marketdata.sim.model import Model
-    from marketdata.sim.server import encode_events
-
-    model = Model(DEFAULT_INSTRUMENTS, random.Random(1))
-    ids = [i.id for i in DEFAULT_INSTRUMENTS]
-    loop_data = [encode_events([model.snapshot(i, 0) for i in ids])]
-    ts = time.time_ns() // 1000
-    for _ in range(100):  # 80,000 events a loop
-        loop_data.append(b"".join(encode_events(model.generate(i, 100, ts)) for i in ids))
-    listing = pb.ListInstrumentsResponse(instruments=[
-        pb.Instrument(id=i.id, kind=i.kind, description=i.description, tick_size=i.tick_size, lot_size=i.lot_size,
-                      price_decimals=i.price_decimals, size_decimals=i.size_decimals)
-        for i in DEFAULT_INSTRUMENTS
-    ])  # fmt: skip
-
-    async def subscribe(request: pb.SubscribeRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        while True:
-            for data in loop_data:
-                yield data
-
-    async def list_instruments(request: pb.ListInstrumentsRequest, context: grpc.aio.ServicerContext) -> pb.ListInstrumentsResponse:
-        return listing
-
-    handlers = {
-        "Subscribe": grpc.unary_stream_rpc_method_handler(subscribe, request_deserializer=pb.SubscribeRequest.FromString),
-        "ListInstruments": grpc.unary_unary_rpc_method_handler(
-            list_instruments, request_deserializer=pb.ListInstrumentsRequest.FromString,
-            response_serializer=pb.ListInstrumentsResponse.SerializeToString,
-        ),
-    }  # fmt: skip
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("marketdata.v1.MarketData", handlers),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(0)
+        args = ["-m", "marketdata", "sim", "--port", str(port), "--rate", rate, "--log-level", "error"]
+    with grpc_server(args, port, stop_timeout=20) as (address, pid):
+        yield address, pid
 
 
 # -- the ingestor, in a child process ----------------------------------------------------------
@@ -283,7 +217,11 @@ def main() -> None:
     import uvloop
 
     if args.serve_replay:
-        uvloop.run(serve_replay(args.serve_replay))
+        from bench import replay
+        from marketdata.instruments import DEFAULT_INSTRUMENTS
+
+        # 100 batches of 100 events of each of the 8 instruments (800 a batch, like the simulator's at high rate)
+        uvloop.run(replay.serve(args.serve_replay, DEFAULT_INSTRUMENTS, replay.cycle(DEFAULT_INSTRUMENTS, 100, 80_000)))
         return
     if args.ingest_child:
         uvloop.run(ingest_child(args))
@@ -305,10 +243,10 @@ def main() -> None:
                 show(point)
     best = max((p["events_per_s"] for p in points if p["coalesce"] == "on"), default=0.0)
     print(f"best with coalescing: {best:,.0f} events/s ingested (target {TARGET:,}: {'met' if best >= TARGET else 'missed'})")
-    replay = [p for p in points if p["feed"] == "replay" and p["coalesce"] == "on"]
-    if replay:
-        print(f"ingestor CPU per event, replay, coalescing: {replay[0]['ingest_us_per_event']:.1f} us "
-              f"(at most {1e6 / replay[0]['ingest_us_per_event']:,.0f} events/s per core it gets to itself)")
+    replayed = [p for p in points if p["feed"] == "replay" and p["coalesce"] == "on"]
+    if replayed:
+        print(f"ingestor CPU per event, replay, coalescing: {replayed[0]['ingest_us_per_event']:.1f} us "
+              f"(at most {1e6 / replayed[0]['ingest_us_per_event']:,.0f} events/s per core it gets to itself)")
     print(f"load average (1 min) before/after: {load0:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps({"points": points, "median_of": args.runs, "target": TARGET, "load_before": load0}, indent=1))

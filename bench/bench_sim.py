@@ -29,6 +29,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc  # noqa: E402
 
+from bench.child import cpu_seconds  # noqa: E402
 from marketdata.instruments import DEFAULT_INSTRUMENTS  # noqa: E402
 from marketdata.sim.model import Model  # noqa: E402
 from marketdata.sim.wire import WireEncoder  # noqa: E402
@@ -54,11 +55,6 @@ def model_rate(block: int, encode: bool, seconds: float) -> float:
     return n / (time.process_time() - start)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _consume(port: int, pid: int, seconds: float) -> tuple[float, float, float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = pb_grpc.MarketDataStub(channel).Subscribe(pb.SubscribeRequest())
@@ -68,14 +64,14 @@ async def _consume(port: int, pid: int, seconds: float) -> tuple[float, float, f
         async for batch in call:
             now = time.perf_counter()
             if not start and now >= warm:
-                start, cpu, n, batches = now, _cpu_seconds(pid), 0, 0
+                start, cpu, n, batches = now, cpu_seconds(pid), 0, 0
             n += len(batch.events)
             batches += 1
             if start and now - start >= seconds:
                 break
         elapsed = time.perf_counter() - start
         call.cancel()
-        return n / elapsed, n / batches, (_cpu_seconds(pid) - cpu) / elapsed
+        return n / elapsed, n / batches, (cpu_seconds(pid) - cpu) / elapsed
 
 
 def stream_rate(seconds: float) -> tuple[float, float, float]:

@@ -28,10 +28,7 @@ import contextlib
 import cProfile
 import os
 import pstats
-import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,16 +41,15 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc  # noqa: E402
 
+from bench.child import cpu_seconds, grpc_server  # noqa: E402
 from marketdata.feed import BatchResult, Books  # noqa: E402
 from marketdata.instruments import DEFAULT_INSTRUMENTS, select  # noqa: E402
 from marketdata.supervisor.ports import free_port  # noqa: E402
 from marketdata.v1 import market_data_pb2 as pb  # noqa: E402
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET = 250_000  # level changes/s
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(slots=True)
@@ -70,12 +66,6 @@ class Run:
         return n / self.seconds if self.seconds else 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
 # -- servers -------------------------------------------------------------------------------
 
 
@@ -85,67 +75,15 @@ def server(args: argparse.Namespace, rate: float, profile_to: str | None) -> Ite
     port = free_port()
     prof = ["-m", "cProfile", "-o", profile_to] if profile_to else []
     if args.source == "sim":
-        cmd = [sys.executable, *prof, "-m", "marketdata", "sim", "--port", str(port), "--rate", f"{rate:g}",
+        cmd = [*prof, "-m", "marketdata", "sim", "--port", str(port), "--rate", f"{rate:g}",
                "--max-batch", str(args.max_batch), "--log-level", "warning"]  # fmt: skip
         if args.instruments:
             cmd += ["--instruments", args.instruments]
     else:
-        cmd = [sys.executable, *prof, str(Path(__file__).resolve()), "--serve-replay", str(port),
+        cmd = [*prof, str(Path(__file__).resolve()), "--serve-replay", str(port),
                "--instruments", args.instruments, "--max-batch", str(args.max_batch)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    try:
-        with grpc.insecure_channel(address) as channel:
-            grpc.channel_ready_future(channel).result(timeout=120)
-        yield address, proc.pid
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-async def serve_replay(port: int, instruments: str, max_batch: int) -> None:
-    """A stand-in simulator that sends pre-serialised batches in a loop, as fast as they are read."""
-    from marketdata.sim.model import Model
-    from marketdata.sim.server import encode_events
-
-    insts = select([i for i in instruments.split(",") if i])
-    model = Model(insts, random.Random(1))
-    per = max(1, max_batch // len(insts))
-    cycle = [encode_events([model.snapshot(i.id, 0) for i in insts])]
-    total = 0
-    while total < 40_000:  # events a loop; each loop starts again from the same snapshots
-        cycle.append(b"".join(encode_events(model.generate(i.id, per, time.time_ns() // 1000)) for i in insts))
-        total += per * len(insts)
-
-    async def subscribe(request: pb.SubscribeRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
-        while True:
-            for data in cycle:
-                yield data
-
-    async def list_instruments(request: pb.ListInstrumentsRequest, context: grpc.aio.ServicerContext) -> pb.ListInstrumentsResponse:
-        return pb.ListInstrumentsResponse(instruments=[pb.Instrument(id=i.id) for i in insts])
-
-    handlers = {
-        "Subscribe": grpc.unary_stream_rpc_method_handler(subscribe, request_deserializer=pb.SubscribeRequest.FromString),
-        "ListInstruments": grpc.unary_unary_rpc_method_handler(
-            list_instruments, request_deserializer=pb.ListInstrumentsRequest.FromString,
-            response_serializer=pb.ListInstrumentsResponse.SerializeToString,
-        ),  # fmt: skip
-    }
-    srv = grpc.aio.server()
-    srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("marketdata.v1.MarketData", handlers),))
-    srv.add_insecure_port(f"127.0.0.1:{port}")
-    await srv.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await srv.stop(0)
+    with grpc_server(cmd, port, stop_timeout=30) as (address, pid):
+        yield address, pid
 
 
 # -- the consumer --------------------------------------------------------------------------
@@ -162,7 +100,6 @@ class Meter:
         self.start: float | None = None
         self.first = time.perf_counter()
         self.cpu0 = self.server0 = 0.0
-        self.initial = len(ids)
 
     def take(self, batch: pb.EventBatch) -> bool:
         """Apply one batch; False when the measurement is over."""
@@ -170,7 +107,6 @@ class Meter:
         now = time.perf_counter()
         if self.start is None:
             if now - self.first < self.warmup:
-                self.initial -= result.snapshots
                 return True
             self.start, self.cpu0, self.server0 = now, time.process_time(), cpu_seconds(self.pid)
             return True
@@ -274,7 +210,11 @@ def main() -> None:
     ap.add_argument("--serve-replay", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_replay:
-        asyncio.run(serve_replay(args.serve_replay, args.instruments, args.max_batch))
+        from bench import replay
+
+        insts = select([i for i in args.instruments.split(",") if i])
+        per = max(1, args.max_batch // len(insts))  # events of each instrument a batch
+        asyncio.run(replay.serve(args.serve_replay, insts, replay.cycle(insts, per, 40_000)))
         return
     ids = [i.id for i in select([i for i in args.instruments.split(",") if i])]
     print(f"python {sys.version.split()[0]}, grpcio {grpc.__version__}, {os.cpu_count()} CPUs; source {args.source}, "

@@ -7,7 +7,7 @@ clients x instruments x rate. For each point it records delivered messages/s,
 latency from the exchange time `ts` (p50/p99), the contender's CPU seconds per
 1,000 deliveries and its RSS (psutil), and whether that RSS stayed flat.
 
-Following DESIGN.md ("How we compare with peers"), a contender's *sustained
+Following docs/architecture.md ("How we compare with peers"), a contender's *sustained
 capacity* is the highest delivered messages/s among the points where its p99 stays
 under 50 ms, its memory is flat, every client connected and no sequence went
 backwards. A failed point is run once more (the machine is shared); once a contender

@@ -23,21 +23,17 @@ Two fixes were needed, or broadcaster 0.3.1 delivers next to nothing here:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 import anyio
-import uvicorn
 from broadcaster import Broadcast
 from broadcaster._backends.redis import RedisBackend
 from fastapi import FastAPI, WebSocket
 
+from bench.peers import serve
 from marketdata.schema import Keys
-
-log = logging.getLogger("broadcaster_app")
 
 
 class _RedisBackend(RedisBackend):
@@ -83,23 +79,11 @@ def create_app(redis_url: str, prefix: str = "md") -> FastAPI:
             group.start_soon(receive_then_stop)
             await send()
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, bool]:
-        return {"ok": True}
-
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="FastAPI + broadcaster (Redis) as a benchmark peer")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8002)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--ws", default="websockets-sansio")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    uvicorn.run(create_app(args.redis_url), host=args.host, port=args.port, ws=args.ws, loop="uvloop",
-                log_level="warning", backlog=4096, timeout_graceful_shutdown=2)
+    serve.main(argv, create_app, "FastAPI + broadcaster (Redis) as a benchmark peer", port=8002, source="redis")
 
 
 if __name__ == "__main__":

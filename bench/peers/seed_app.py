@@ -13,7 +13,6 @@ reads it the same way); `pts` is this process's broadcast time.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -21,9 +20,9 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
+from bench.peers import serve
 from marketdata import instruments as refdata
 from marketdata.errors import BookError
 from marketdata.feed import Books
@@ -98,23 +97,11 @@ def create_app(sim: str) -> FastAPI:
         finally:
             clients[instrument].discard(websocket)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, bool]:
-        return {"ok": True}
-
     return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="the seed's design as a benchmark peer")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--sim", default="127.0.0.1:50051")
-    parser.add_argument("--ws", default="websockets-sansio")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    uvicorn.run(create_app(args.sim), host=args.host, port=args.port, ws=args.ws, loop="uvloop",
-                log_level="warning", backlog=4096, timeout_graceful_shutdown=2)
+    serve.main(argv, create_app, "the seed's design as a benchmark peer", port=8001, source="sim")
 
 
 if __name__ == "__main__":

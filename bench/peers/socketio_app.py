@@ -12,13 +12,9 @@ outside the server.
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 import socketio
-import uvicorn
 
-log = logging.getLogger("socketio_app")
+from bench.peers import serve
 
 
 def create_app(redis_url: str) -> socketio.ASGIApp:
@@ -37,15 +33,7 @@ def create_app(redis_url: str) -> socketio.ASGIApp:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="python-socketio + AsyncRedisManager as a benchmark peer")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8003)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--ws", default="websockets-sansio")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    uvicorn.run(create_app(args.redis_url), host=args.host, port=args.port, ws=args.ws, loop="uvloop",
-                log_level="warning", backlog=4096, timeout_graceful_shutdown=2)
+    serve.main(argv, create_app, "python-socketio + AsyncRedisManager as a benchmark peer", port=8003, source="redis")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 // The dashboard: which instruments are on screen (kept in the URL), one panel
 // each, one multiplexed WebSocket for all of them, and an honest account of the
 // connection and of the feed.
+import { clock } from "./clock.js";
 import { Instrument } from "./instrument.js";
 import { Feed, backoffDelay } from "./feed.js";
 import { Panel, renderStats, setChartColors } from "./panel.js";
@@ -37,10 +38,6 @@ const feed = new Feed(`${location.protocol === "https:" ? "wss:" : "ws:"}//${loc
   onMessage,
   onState: onFeedState,
 });
-
-function clock(ms) {
-  return new Date(ms).toLocaleTimeString([], { hour12: false });
-}
 
 // -- messages -------------------------------------------------------------------
 
@@ -257,7 +254,7 @@ const themeButton = $("theme");
 function readChartColors() {
   const css = getComputedStyle(document.documentElement);
   const v = (name) => css.getPropertyValue(name).trim();
-  setChartColors({ bid: v("--bid"), ask: v("--ask"), bidFill: v("--bid-fill"), askFill: v("--ask-fill"), text: v("--muted"), grid: v("--border") });
+  setChartColors({ bid: v("--bid"), ask: v("--ask"), bidFill: v("--bid-fill"), askFill: v("--ask-fill"), grid: v("--border") });
 }
 
 function showTheme() {

@@ -6,7 +6,7 @@
 const PROBE_TEXT = "0000000000";
 
 /** A hidden span whose width gives the width of one character of its font. */
-export function makeProbe() {
+function makeProbe() {
   const probe = document.createElement("span");
   probe.className = "probe";
   probe.setAttribute("aria-hidden", "true");
@@ -21,6 +21,26 @@ export function makeProbe() {
 export function charsIn(width, probe) {
   const w = probe.getBoundingClientRect().width / PROBE_TEXT.length;
   return w > 0 ? Math.floor(width / w) - 1 : 0;
+}
+
+/**
+ * A block of such rows (the ladder, the trades), `chars` characters wide. It holds
+ * the probe that measures its font; a subclass lays its columns out again in
+ * `_relayout()` when the width changes.
+ */
+export class TextRows {
+  constructor() {
+    this.probe = makeProbe();
+    this.chars = 40;
+  }
+
+  /** The block is now `chars` characters wide; returns whether that changes anything. */
+  resize(chars) {
+    if (chars === this.chars || chars <= 0) return false;
+    this.chars = chars;
+    this._relayout();
+    return true;
+  }
 }
 
 /**

@@ -14,7 +14,7 @@ export class DepthChart {
     this.width = 0;
     this.height = 0;
     this.dpr = 1;
-    this.colors = { bid: "#2ebd85", ask: "#f6465d", bidFill: "rgba(46,189,133,.25)", askFill: "rgba(246,70,93,.25)", text: "#999", grid: "#444" };
+    this.colors = { bid: "#2ebd85", ask: "#f6465d", bidFill: "rgba(46,189,133,.25)", askFill: "rgba(246,70,93,.25)", grid: "#444" };
   }
 
   /** Set the drawing size in CSS pixels; the bitmap follows devicePixelRatio. */

@@ -60,10 +60,8 @@ export class Feed {
     this.onState = onState;
     this.wanted = new Set();
     this.state = "closed";
-    this.since = Date.now(); // wall-clock ms of the last state change
     this.retryAt = 0; // wall-clock ms of the next attempt while closed
     this.attempt = 0;
-    this.lastClose = null; // {code, reason}
     this.messages = 0;
     this._ws = null;
     this._lastMessage = 0;
@@ -107,7 +105,6 @@ export class Feed {
   }
 
   _setState(state) {
-    if (state !== this.state) this.since = Date.now();
     this.state = state;
     this.onState(this);
   }
@@ -116,8 +113,8 @@ export class Feed {
     let ws;
     try {
       ws = new WebSocket(this.url);
-    } catch (err) {
-      this._closed({ code: 0, reason: String(err) });
+    } catch {
+      this._closed();
       return;
     }
     this._ws = ws;
@@ -155,8 +152,8 @@ export class Feed {
         this._dispatch(msg);
       }
     };
-    ws.onclose = (ev) => {
-      if (this._ws === ws) this._closed({ code: ev.code, reason: ev.reason });
+    ws.onclose = () => {
+      if (this._ws === ws) this._closed();
     };
   }
 
@@ -175,13 +172,12 @@ export class Feed {
     } catch {
       /* already closing */
     }
-    this._closed({ code: 4000, reason });
+    this._closed();
   }
 
-  _closed(info) {
+  _closed() {
     clearTimeout(this._connectTimer);
     this._ws = null;
-    this.lastClose = info;
     const delay = backoffDelay(this.attempt++);
     this.retryAt = Date.now() + delay;
     this._retryTimer = setTimeout(() => this._connect(), delay);

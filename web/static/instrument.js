@@ -73,7 +73,7 @@ export class Instrument {
     return out;
   }
 
-  /** CRC32 of the book as DESIGN.md defines it; compare with the snapshot's `checksum`. */
+  /** CRC32 of the book as docs/architecture.md defines it; compare with the snapshot's `checksum`. */
   checksum(asks, bids) {
     return crc32(this.checksumText(asks, bids));
   }

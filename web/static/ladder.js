@@ -6,23 +6,13 @@
 // and a class name, only where something changed; nothing reads layout. The bar
 // changes width, not a transform: a transform is a paint property node, and
 // changing its value makes the browser re-layerize the whole page every frame.
-import { fit, makeProbe } from "./columns.js";
+import { TextRows, fit } from "./columns.js";
+import { el, setText } from "./dom.js";
 
 export const LEVELS = 10; // rows a side
 const FLASH_MS = 300; // a changed level stays highlighted this long
 const SIDE_CHARS = 4; // "ask ", "bid ", "Side"
 const HEAD = ["Price", "Size", "Total"];
-
-function el(tag, className, ...children) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  node.append(...children);
-  return node;
-}
-
-function setText(text, value) {
-  if (text.data !== value) text.data = value;
-}
 
 /** Record that column `k` must hold `text`; true when it had to grow. */
 function widen(content, k, text) {
@@ -60,9 +50,9 @@ class Row {
   }
 }
 
-export class Ladder {
+export class Ladder extends TextRows {
   constructor(id) {
-    this.probe = makeProbe();
+    super();
     this.headPx = document.createTextNode("Price");
     this.headRest = document.createTextNode(" Size Total");
     const head = el("div", "lrow lhead", el("span", "side", "Side"), el("span", "px", this.headPx), this.headRest);
@@ -80,20 +70,11 @@ export class Ladder {
     for (let i = 0; i < LEVELS; i++) this.node.append(this.bids[i].node);
     this.node.setAttribute("aria-label", `${id} order book: asks above the spread, bids below; price, size, total`);
     this.node.setAttribute("role", "group");
-    this.chars = 40;
     this.content = [HEAD[0].length, HEAD[1].length, HEAD[2].length]; // widest text seen per column
     this.widths = [0, 0, 0];
     this.ver = 0;
     this.highlighted = 0;
     this._relayout();
-  }
-
-  /** The ladder is now `chars` characters wide; returns whether that changes anything. */
-  resize(chars) {
-    if (chars === this.chars || chars <= 0) return false;
-    this.chars = chars;
-    this._relayout();
-    return true;
   }
 
   _relayout() {

@@ -5,6 +5,8 @@
 // renders each dirty panel once: every panel's DOM writes first, then every
 // canvas. Nothing reads layout while rendering; sizes come from a ResizeObserver.
 import { charsIn } from "./columns.js";
+import { ago, clock } from "./clock.js";
+import { el, setText } from "./dom.js";
 import { DepthChart } from "./depth.js";
 import { Ladder } from "./ladder.js";
 import { Trades } from "./trades.js";
@@ -78,28 +80,6 @@ let chartColors = null;
 /** New colours for every depth chart (after a theme change). */
 export function setChartColors(colors) {
   chartColors = colors;
-}
-
-// -- small DOM helpers ---------------------------------------------------------------
-
-function el(tag, className, ...children) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  node.append(...children);
-  return node;
-}
-
-function setText(text, value) {
-  if (text.data !== value) text.data = value;
-}
-
-function clock(ms) {
-  return new Date(ms).toLocaleTimeString([], { hour12: false });
-}
-
-function ago(ms) {
-  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
-  return s < 90 ? `${s} s ago` : `${Math.round(s / 60)} min ago`;
 }
 
 function parse(text) {

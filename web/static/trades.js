@@ -1,40 +1,24 @@
 // The last trades of one panel, newest first: time, side in words and arrow
 // (never colour alone), price, size. A fixed ring of slots and a fixed set of
 // rows: no allocation grows with the number of trades.
-import { fit, makeProbe } from "./columns.js";
+import { TextRows, fit } from "./columns.js";
+import { clockMs } from "./clock.js";
+import { el, setText } from "./dom.js";
 
 const TRADES = 12;
 const FLASH_MS = 300;
 const TIME_CHARS = 13; // "12:34:56.789 "
 const SIDE_CHARS = 6; // "▲ BUY " / "▼ SELL"
 
-function el(tag, className, ...children) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  node.append(...children);
-  return node;
-}
-
-function setText(text, value) {
-  if (text.data !== value) text.data = value;
-}
-
-function clockMs(us) {
-  const d = new Date(us / 1000);
-  const p2 = (n) => (n < 10 ? "0" : "") + n;
-  const ms = d.getMilliseconds();
-  return `${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())}.${ms < 10 ? "00" : ms < 100 ? "0" : ""}${ms} `;
-}
-
-export class Trades {
+export class Trades extends TextRows {
   constructor(id) {
-    this.slots = Array.from({ length: TRADES }, () => ({ ts: 0, seq: 0, price: 0, size: 0, buy: false }));
+    super();
+    this.slots = Array.from({ length: TRADES }, () => ({ ts: 0, price: 0, size: 0, buy: false }));
     this.head = 0; // slot of the newest trade
     this.count = 0;
     this.fresh = 0; // trades pushed since the last render
     this.lastTs = 0;
     this.lastSeq = 0;
-    this.probe = makeProbe();
     this.headS = document.createTextNode("Side  Price");
     this.headZ = document.createTextNode(" Size");
     this.headRow = el("div", "trow thead", el("span", "t", "Time".padEnd(TIME_CHARS)), el("span", "s", this.headS), this.headZ);
@@ -49,7 +33,6 @@ export class Trades {
     this.node = el("div", "trades", this.probe, this.headRow, ...this.rows.map((r) => r.node));
     this.node.setAttribute("role", "group");
     this.node.setAttribute("aria-label", `${id} last trades, newest first`);
-    this.chars = 40;
     this.content = [5, 4]; // widest price and size text seen ("Price", "Size")
     this.widths = [0, 0];
     this.rewrite = true; // every row must be written (new column widths)
@@ -64,19 +47,11 @@ export class Trades {
     this.head = (this.head + 1) % TRADES;
     const slot = this.slots[this.head];
     slot.ts = msg.ts;
-    slot.seq = msg.seq;
     slot.price = msg.price;
     slot.size = msg.size;
     slot.buy = msg.side === "buy";
     if (this.count < TRADES) this.count++;
     if (this.fresh < TRADES) this.fresh++;
-    return true;
-  }
-
-  resize(chars) {
-    if (chars === this.chars || chars <= 0) return false;
-    this.chars = chars;
-    this._relayout();
     return true;
   }
 
