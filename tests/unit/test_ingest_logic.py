@@ -127,7 +127,7 @@ def test_trades_are_encoded_in_order_and_capped(monkeypatch: pytest.MonkeyPatch)
     drain = box.take(pts=2)
     msgs = [schema.decode(p) for p in drain.trades[b"md:trades:BTC-USD"]]
     assert [t["seq"] for t in msgs] == [5, 6, 7, 8, 9]
-    assert msgs[0] == {"v": 1, "type": "trade", "instrument": "BTC-USD", "seq": 5, "ts": 5, "price": 10.1, "size": 0.0001, "side": "buy"}
+    assert msgs[0] == {"v": 1, "type": "trade", "instrument": "BTC-USD", "seq": 5, "ts": 5, "epoch": 0, "price": 10.1, "size": 0.0001, "side": "buy"}
     assert box.stats.dropped == 3 and box.stats.trades == 8
 
 
