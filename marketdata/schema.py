@@ -188,11 +188,11 @@ _HEAD = b'{"v":1,'
 _PEEK = 256
 
 
-def _peek_int(payload: bytes, key: bytes, name: str, start: int = 0) -> int | None:
+def _peek_int(payload: bytes, key: bytes, name: str) -> int | None:
     """The digits right after `key` in the head of `payload`, None when `key` is not there."""
     if not payload.startswith(_HEAD):
         raise MessageError("not a version 1 message")
-    i = payload.find(key, start, _PEEK)
+    i = payload.find(key, 0, _PEEK)
     if i < 0:
         return None
     i += len(key)
@@ -227,4 +227,4 @@ def peek_order(payload: bytes) -> tuple[int, int]:
     Raises MessageError like peek_seq; a message written before epochs is of epoch 0.
     """
     seq = peek_seq(payload)
-    return _peek_int(payload, _EPOCH, "epoch", len(_HEAD)) or 0, seq
+    return _peek_int(payload, _EPOCH, "epoch") or 0, seq
