@@ -29,7 +29,7 @@ Level = tuple[int, int]
 
 
 def checksum(bids: Iterable[Level], asks: Iterable[Level]) -> int:
-    """CRC32 of the best 10 asks then the best 10 bids, as DESIGN.md defines it.
+    """CRC32 of the best 10 asks then the best 10 bids, as docs/architecture.md defines it.
 
     Each side is best-first `ticks:lots` joined by ",", the sides joined by "|".
     """
@@ -60,13 +60,18 @@ class Top:
 
 
 class OrderBook:
-    """One instrument's book at a sequence number."""
+    """One instrument's book at a place in the exchange's order: (epoch, seq).
 
-    __slots__ = ("instrument", "seq", "_bids", "_asks", "_bid_keys", "_ask_keys")
+    `epoch` names the exchange's run whose seq numbering the book follows (see the
+    proto's Event.epoch); 0 until a snapshot says otherwise. The checksum leaves it out.
+    """
 
-    def __init__(self, instrument: str, seq: int = 0) -> None:
+    __slots__ = ("instrument", "seq", "epoch", "_bids", "_asks", "_bid_keys", "_ask_keys")
+
+    def __init__(self, instrument: str, seq: int = 0, epoch: int = 0) -> None:
         self.instrument = instrument
         self.seq = seq
+        self.epoch = epoch
         self._bids: dict[int, int] = {}
         self._asks: dict[int, int] = {}
         # Prices ascending on both sides, so a read has no negation to undo:
@@ -76,9 +81,11 @@ class OrderBook:
 
     # -- writing ---------------------------------------------------------
 
-    def reset(self, seq: int, bids: Iterable[Level] = (), asks: Iterable[Level] = ()) -> None:
-        """Replace the whole book (a snapshot at `seq`); levels of size 0 are skipped."""
+    def reset(self, seq: int, bids: Iterable[Level] = (), asks: Iterable[Level] = (), epoch: int | None = None) -> None:
+        """Replace the whole book (a snapshot at `seq`, of `epoch` if given); levels of size 0 are skipped."""
         self.seq = seq
+        if epoch is not None:
+            self.epoch = epoch
         self._bids = {p: s for p, s in bids if s}
         self._asks = {p: s for p, s in asks if s}
         self._bid_keys = sorted(self._bids)
@@ -208,4 +215,4 @@ class OrderBook:
         return zlib.crc32(f"{a}|{b}".encode("ascii"))
 
     def __repr__(self) -> str:
-        return f"OrderBook({self.instrument!r}, seq={self.seq}, bids={len(self._bids)}, asks={len(self._asks)})"
+        return f"OrderBook({self.instrument!r}, epoch={self.epoch}, seq={self.seq}, bids={len(self._bids)}, asks={len(self._asks)})"

@@ -6,6 +6,7 @@ The whole tree::
     ├── UnknownInstrument      an instrument id nobody lists
     ├── BookError              a book cannot take an event
     │   ├── SequenceGap        an event's seq is not the one expected
+    │   ├── EpochMismatch      an incremental event of another epoch than its book's
     │   └── ChecksumMismatch   the rebuilt book differs from the exchange's
     ├── MessageError           a bus message that is not a valid snapshot or trade
     └── StreamEnded            the simulator closed its stream (it does so when it stops)
@@ -34,6 +35,14 @@ class BookError(MarketDataError):
 class SequenceGap(BookError):
     def __init__(self, instrument: str, expected: int, got: int) -> None:
         super().__init__(f"{instrument}: sequence gap, expected seq {expected}, got {got}")
+        self.instrument = instrument
+        self.expected = expected
+        self.got = got
+
+
+class EpochMismatch(BookError):
+    def __init__(self, instrument: str, expected: int, got: int) -> None:
+        super().__init__(f"{instrument}: event of epoch {got} on a book of epoch {expected}; that epoch's snapshot is missing")
         self.instrument = instrument
         self.expected = expected
         self.got = got

@@ -2,8 +2,14 @@
 
 Pure code over protobuf values (no gRPC, no I/O). The CLI client and the ingestor
 both apply the stream through `Books`, so the checks are the same everywhere:
-every incremental event must follow its book's seq, and wherever the exchange
-sent a checksum the rebuilt book must match it.
+every incremental event must follow its book's (epoch, seq), and wherever the
+exchange sent a checksum the rebuilt book must match it.
+
+The order of one instrument's events is (epoch, seq) (the proto's Event.epoch):
+a snapshot of an epoch other than its book's is a reset, taken at once whatever
+its seq and whether that epoch is larger or smaller; within an epoch a snapshot
+never moves a book back. An incremental event of another epoch cannot be applied
+to anything: its epoch's snapshot is missing.
 """
 
 from __future__ import annotations
@@ -12,7 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from marketdata.book import BID, OrderBook
-from marketdata.errors import BookError, ChecksumMismatch, UnknownInstrument
+from marketdata.errors import (
+    BookError,
+    ChecksumMismatch,
+    EpochMismatch,
+    SequenceGap,
+    UnknownInstrument,
+)
 from marketdata.v1 import market_data_pb2 as pb
 
 
@@ -33,14 +45,17 @@ class BatchResult:
 class Books:
     """The books of a set of instruments, rebuilt from snapshot and incremental events.
 
-    A book is usable once its first snapshot arrived. Any BookError (gap, checksum
-    mismatch) leaves that book unusable until the next snapshot replaces it.
+    A book is usable once its first snapshot arrived. Any BookError (gap, epoch
+    mismatch, checksum mismatch) leaves that book unusable until the next snapshot
+    replaces it. Each book carries its epoch (`OrderBook.epoch`); `epoch` is that of
+    the last snapshot applied, the stream's, None before the first.
     """
 
-    __slots__ = ("books", "_ready")
+    __slots__ = ("_ready", "books", "epoch")
 
     def __init__(self, instruments: Iterable[str]) -> None:
         self.books: dict[str, OrderBook] = {i: OrderBook(i) for i in instruments}
+        self.epoch: int | None = None
         self._ready: set[str] = set()
 
     def is_ready(self, instrument: str) -> bool:
@@ -56,9 +71,10 @@ class Books:
     def apply(self, event: pb.Event) -> str:
         """Apply one event and verify it; return its kind ("snapshot", "update", "trade").
 
-        Raises SequenceGap, ChecksumMismatch (the book is then unusable until the next
-        snapshot) or UnknownInstrument. Incremental events for a book still waiting for
-        its snapshot are skipped.
+        Raises SequenceGap (also for a snapshot that would move its book back within
+        an epoch), EpochMismatch, ChecksumMismatch (the book is then unusable until
+        the next snapshot) or UnknownInstrument. Incremental events for a book still
+        waiting for its snapshot are skipped.
         """
         kind = event.WhichOneof("body") or "unknown"
         self._apply(event, event.instrument, kind)
@@ -75,12 +91,20 @@ class Books:
             raise UnknownInstrument(name)
         applied = 0
         if kind == "snapshot":
+            epoch, seq = event.epoch, event.seq
+            if epoch == book.epoch and seq < book.seq:
+                self._ready.discard(name)
+                raise SequenceGap(name, book.seq, seq)
             snap = event.snapshot
-            book.reset(event.seq, [(lv.price, lv.size) for lv in snap.bids], [(lv.price, lv.size) for lv in snap.asks])
+            book.reset(seq, [(lv.price, lv.size) for lv in snap.bids], [(lv.price, lv.size) for lv in snap.asks], epoch)
+            self.epoch = epoch
             self._ready.add(name)
         elif name not in self._ready:
             return -1
         else:
+            if event.epoch != book.epoch:
+                self._ready.discard(name)
+                raise EpochMismatch(name, book.epoch, event.epoch)
             try:
                 book.advance(event.seq)
             except BookError:

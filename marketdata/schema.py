@@ -4,6 +4,11 @@ This module is the only place that encodes or decodes bus messages; the ingestor
 writes with it, the bridge, the load generator and the tests read with it. The
 README documents each field. Messages are compact JSON made by orjson, prices and
 sizes rounded to the instrument's decimals, times integer microseconds.
+
+Book and trade messages carry `epoch` beside `seq` (the simulator's run, see the
+proto's Event.epoch): their order is (epoch, seq). The field was added within
+version 1, since a reader that ignores unknown fields loses nothing; a message
+written before it existed reads as epoch 0.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ def encode_book(inst: Instrument, book: OrderBook, depth: int, ts: int, pts: int
             "seq": book.seq,
             "ts": ts,
             "pts": pts,
+            "epoch": book.epoch,
             "bids": [[price(p), size(s)] for p, s in book.bids(depth)],
             "asks": [[price(p), size(s)] for p, s in book.asks(depth)],
             "checksum": checksum,
@@ -78,8 +84,8 @@ def encode_book(inst: Instrument, book: OrderBook, depth: int, ts: int, pts: int
     )
 
 
-def encode_trade(inst: Instrument, seq: int, ts: int, price: int, size: int, aggressor: int) -> bytes:
-    """One trade message; `side` is the side that took liquidity ("buy" or "sell")."""
+def encode_trade(inst: Instrument, seq: int, ts: int, price: int, size: int, aggressor: int, epoch: int = 0) -> bytes:
+    """One trade message at (epoch, seq); `side` is the side that took liquidity ("buy" or "sell")."""
     return orjson.dumps(
         {
             "v": VERSION,
@@ -87,6 +93,7 @@ def encode_trade(inst: Instrument, seq: int, ts: int, price: int, size: int, agg
             "instrument": inst.id,
             "seq": seq,
             "ts": ts,
+            "epoch": epoch,
             "price": inst.price(price),
             "size": inst.size(size),
             "side": "buy" if aggressor == BID else "sell",
@@ -114,14 +121,20 @@ def encode_heartbeat(ts: int, source: str) -> bytes:
     return orjson.dumps({"v": VERSION, "ts": ts, "source": source})
 
 
+def _load(payload: bytes | str, what: str, shape: type[list[Any] | dict[str, Any]]) -> Any:
+    """`payload` parsed, if it is JSON of `shape` (list or dict); else MessageError naming `what`."""
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise MessageError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, shape):
+        raise MessageError(f"{what} is not a JSON {'array' if shape is list else 'object'}")
+    return value
+
+
 def decode_instruments(payload: bytes | str) -> tuple[Instrument, ...]:
     """The instrument list as encode_instruments wrote it; raise MessageError naming what is wrong."""
-    try:
-        items = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise MessageError(f"instrument list is not JSON: {exc}") from None
-    if not isinstance(items, list):
-        raise MessageError("instrument list is not a JSON array")
+    items = _load(payload, "instrument list", list)
     try:
         return tuple(Instrument(**{k: item[k] for k in _INSTRUMENT_FIELDS}) for item in items)
     except (TypeError, KeyError, ValueError, ArithmeticError) as exc:
@@ -133,10 +146,7 @@ _INSTRUMENT_FIELDS = ("id", "kind", "description", "tick_size", "lot_size", "pri
 
 def heartbeat_ts(payload: bytes | str) -> int:
     """The `ts` (µs since the epoch) of a heartbeat value; raise MessageError if it has none."""
-    try:
-        ts = orjson.loads(payload).get("ts")
-    except (orjson.JSONDecodeError, AttributeError):
-        raise MessageError("heartbeat is not a JSON object") from None
+    ts = _load(payload, "heartbeat", dict).get("ts")
     if not isinstance(ts, int):
         raise MessageError("heartbeat has no integer ts")
     return ts
@@ -147,15 +157,13 @@ _TRADE_FIELDS = ("instrument", "seq", "ts", "price", "size", "side")
 
 
 def decode(payload: bytes | str) -> dict[str, Any]:
-    """Parse and check one bus message; raise MessageError naming what is wrong."""
+    """Parse and check one book or trade message; raise MessageError naming what is wrong.
+
+    The result always has `epoch` (0 for a message written before epochs existed).
+    """
     if len(payload) > MAX_MESSAGE_BYTES:
         raise MessageError(f"message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    try:
-        msg = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise MessageError(f"not JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise MessageError("not a JSON object")
+    msg = _load(payload, "message", dict)
     if msg.get("v") != VERSION:
         raise MessageError(f"unsupported schema version {msg.get('v')!r}")
     kind = msg.get("type")
@@ -167,11 +175,34 @@ def decode(payload: bytes | str) -> dict[str, Any]:
         raise MessageError(f"{kind} message lacks {', '.join(missing)}")
     if not isinstance(msg["seq"], int) or not isinstance(msg["instrument"], str):
         raise MessageError("seq must be an integer and instrument a string")
+    epoch = msg.setdefault("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise MessageError(f"epoch must be a non-negative integer, not {epoch!r}")
     return msg
 
 
+# The encoders write seq, then the times, then epoch, all within the first bytes.
 _SEQ = b'"seq":'
+_EPOCH = b',"epoch":'
 _HEAD = b'{"v":1,'
+_PEEK = 256
+
+
+def _peek_int(payload: bytes, key: bytes, name: str) -> int | None:
+    """The digits right after `key` in the head of `payload`, None when `key` is not there."""
+    if not payload.startswith(_HEAD):
+        raise MessageError("not a version 1 message")
+    i = payload.find(key, 0, _PEEK)
+    if i < 0:
+        return None
+    i += len(key)
+    j = i
+    n = len(payload)
+    while j < n and 48 <= payload[j] <= 57:
+        j += 1
+    if j == i:
+        raise MessageError(f"{name} is not an integer")
+    return int(payload[i:j])
 
 
 def peek_seq(payload: bytes) -> int:
@@ -179,16 +210,21 @@ def peek_seq(payload: bytes) -> int:
 
     Raises MessageError when the payload has no integer seq where the encoder puts it.
     """
-    if not payload.startswith(_HEAD):
-        raise MessageError("not a version 1 message")
-    i = payload.find(_SEQ, 0, 256)
-    if i < 0:
+    seq = _peek_int(payload, _SEQ, "seq")
+    if seq is None:
         raise MessageError("no seq field")
-    i += len(_SEQ)
-    j = i
-    n = len(payload)
-    while j < n and 48 <= payload[j] <= 57:
-        j += 1
-    if j == i:
-        raise MessageError("seq is not an integer")
-    return int(payload[i:j])
+    return seq
+
+
+def peek_epoch(payload: bytes) -> int:
+    """The `epoch` of an encoded message without parsing it; 0 for one written before epochs."""
+    return _peek_int(payload, _EPOCH, "epoch") or 0
+
+
+def peek_order(payload: bytes) -> tuple[int, int]:
+    """The `(epoch, seq)` of an encoded message without parsing it: its place in its instrument's order.
+
+    Raises MessageError like peek_seq; a message written before epochs is of epoch 0.
+    """
+    seq = peek_seq(payload)
+    return _peek_int(payload, _EPOCH, "epoch") or 0, seq

@@ -8,7 +8,9 @@ and this client disagree: that is a bug, so the client stops with one line.
 What an *update* is: one instrument whose book changed in one applied EventBatch.
 The simulator puts the book's checksum on the last event of each instrument in
 each batch, so every update is a book state proven equal to the exchange's.
-`--json` prints one line per update; `--count N` stops after N updates.
+`--json` prints one line per update, with the book's epoch and seq; `--count N`
+stops after N updates. A snapshot of a new epoch (the simulator's books started
+afresh) replaces its book at once, as `feed.Books` does for every consumer.
 
 The hot path only applies events. The ladder (marketdata.client.ladder) is drawn on a
 timer, at most 10 times a second, from the books as they are between two
@@ -79,12 +81,14 @@ class Disagreement(MarketDataError):
 class Consumer:
     """The client's books: applies batches through feed.Books and remembers what was verified."""
 
-    __slots__ = ("instruments", "books", "verified", "events", "batches", "_apply")
+    __slots__ = ("instruments", "books", "verified", "epoch", "events", "batches", "_apply")
 
     def __init__(self, instruments: Iterable[Instrument]) -> None:
         self.instruments: dict[str, Instrument] = {i.id: i for i in instruments}
         self.books = Books(self.instruments)
-        self.verified: dict[str, int] = {}  # instrument -> seq at which the exchange's checksum last matched
+        # instrument -> (epoch, seq) at which the exchange's checksum last matched
+        self.verified: dict[str, tuple[int, int]] = {}
+        self.epoch: int | None = None  # the simulator's, from its last snapshot
         self.events = 0
         self.batches = 0
         self._apply = self.books.apply
@@ -107,12 +111,16 @@ class Consumer:
             raise Disagreement(f"the simulator sent {exc.instrument!r}, which this client did not subscribe to") from exc
         self.events += len(events)
         self.batches += 1
-        is_ready, verified = self.books.is_ready, self.verified
+        if self.books.epoch != self.epoch:
+            if self.epoch is not None:
+                log.info("simulator epoch changed: %d -> %d; books replaced by its snapshots", self.epoch, self.books.epoch)
+            self.epoch = self.books.epoch
+        is_ready, verified, books = self.books.is_ready, self.verified, self.books.books
         for name, event in list(last.items()):
             if not is_ready(name):
                 del last[name]
             elif event.HasField("checksum"):
-                verified[name] = event.seq
+                verified[name] = (books[name].epoch, event.seq)
         return last
 
     def line(self, name: str, event: pb.Event) -> bytes:
@@ -122,6 +130,7 @@ class Consumer:
         bid, ask = book.best_bid, book.best_ask
         record: dict[str, object] = {
             "instrument": name,
+            "epoch": book.epoch,
             "seq": event.seq,
             "ts": event.ts,
             "bid": inst.price(bid[0]) if bid else None,
@@ -132,7 +141,7 @@ class Consumer:
             "spread_bps": None,
             "mid": None,
             "checksum": event.checksum if event.HasField("checksum") else book.checksum(),
-            "verified": self.verified.get(name) == event.seq,
+            "verified": self.verified.get(name) == (book.epoch, event.seq),
         }
         if bid and ask:
             record["spread"] = inst.price(ask[0] - bid[0])
@@ -148,7 +157,7 @@ class Consumer:
         book = self.books.books[name]
         return BookView(
             inst, book.seq, tuple(book.bids(depth)), tuple(book.asks(depth)),
-            self.verified.get(name) == book.seq, rate,
+            self.verified.get(name) == (book.epoch, book.seq), rate,
         )  # fmt: skip
 
 
@@ -156,16 +165,17 @@ class Rates:
     """Events/s per instrument from how far its seq moved (seq counts the exchange's events)."""
 
     def __init__(self) -> None:
-        self._start: dict[str, tuple[float, int]] = {}
+        self._start: dict[str, tuple[float, int, int]] = {}
         self.rates: dict[str, float] = {}
 
-    def observe(self, name: str, seq: int, now: float) -> float | None:
+    def observe(self, name: str, seq: int, now: float, epoch: int = 0) -> float | None:
+        """The rate once a window has passed; a new epoch (or a seq gone back) starts a new window."""
         start = self._start.get(name)
-        if start is None or seq < start[1]:
-            self._start[name] = (now, seq)
+        if start is None or seq < start[1] or epoch != start[2]:
+            self._start[name] = (now, seq, epoch)
         elif now - start[0] >= RATE_WINDOW:
             self.rates[name] = (seq - start[1]) / (now - start[0])
-            self._start[name] = (now, seq)
+            self._start[name] = (now, seq, epoch)
         return self.rates.get(name)
 
 
@@ -250,7 +260,8 @@ async def _ladder(call: grpc.aio.UnaryStreamCall, consumer: Consumer, settings: 
         now = time.monotonic()
         for name in names:
             if books.is_ready(name):
-                rates.observe(name, books.books[name].seq, now)
+                book = books.books[name]
+                rates.observe(name, book.seq, now, book.epoch)
 
     def frame(fit: bool) -> RenderableType:
         depth = fit_depth(len(names), console.width, console.height, settings.depth) if fit else settings.depth

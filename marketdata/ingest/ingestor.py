@@ -1,12 +1,12 @@
 """The ingestor: simulator stream in, verified book snapshots out to Redis.
 
-Two tasks share one `Outbox` (marketdata.ingest.publish_queue, the pure part). The reader
+Two tasks share one `PublishQueue` (marketdata.ingest.publish_queue, the pure part). The reader
 awaits gRPC batches and applies each one, whole, to `feed.Books` (which verifies
 seq and checksum), noting which books changed. The publisher waits until something
 changed, takes everything the reader gathered since its last turn, encodes one
 snapshot per changed book and writes PUBLISH + SET of each (and PUBLISH + LPUSH +
 LTRIM of the trades) in one pipelined round trip of a few commands (see
-`outbox.drain_commands`). While that round trip is in flight the reader keeps
+`publish_queue.drain_commands`). While that round trip is in flight the reader keeps
 applying batches: that is how the stream is drained. At low load a drain is one
 event and one publish; at high load drains grow and publishes per second stay
 bounded by the Redis round trip, not by the event rate. Every snapshot is taken at
@@ -16,7 +16,10 @@ are published.
 A gap or checksum mismatch invalidates every book and resubscribes: fresh
 snapshots replace the books. A lost simulator or Redis is retried with capped
 exponential backoff with jitter; the heartbeat key is refreshed only while the
-simulator stream is live.
+simulator stream is live. Each connection starts a new queue whose books are
+the simulator's fresh snapshots, so after a restart (a new epoch, logged once)
+what is published is the new run's books, whose seqs start again, never a merge
+with the old run's.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from marketdata.errors import (
     StreamEnded,
     UnknownInstrument,
 )
-from marketdata.ingest.publish_queue import IngestStats, Outbox, drain_commands
+from marketdata.ingest.publish_queue import IngestStats, PublishQueue, drain_commands
 from marketdata.instruments import Instrument
 from marketdata.logs import redact
 from marketdata.settings import IngestSettings
@@ -79,8 +82,9 @@ class Ingestor:
         self.settings = settings
         self.keys = schema.Keys(settings.prefix)
         self.stats = IngestStats()
-        self.outbox: Outbox | None = None
+        self.queue: PublishQueue | None = None
         self.live = False  # the simulator stream is delivering
+        self.epoch: int | None = None  # the simulator's run, from its snapshots; kept across reconnects
         self.source = f"ingest:{socket.gethostname()}:{os.getpid()}"
         self._wakeup = asyncio.Event()
         self._live_event = asyncio.Event()
@@ -136,20 +140,20 @@ class Ingestor:
             listed = await stub.ListInstruments(pb.ListInstrumentsRequest(), timeout=5.0)
             instruments = select_instruments(listed.instruments, self.settings.instruments)
             log.info("connected to simulator %s (%d instruments listed)", self.settings.sim, len(listed.instruments))
-            outbox = self.outbox = Outbox(instruments, self.settings, self.stats)  # fresh books, list due again
+            queue = self.queue = PublishQueue(instruments, self.settings, self.stats)  # fresh books, list due again
             ids = [i.id for i in instruments]
             repairing: set[str] = set()  # instruments whose book broke, until fresh snapshots arrive
             while True:
                 call = stub.Subscribe(pb.SubscribeRequest(instruments=ids))
                 try:
-                    error = await self._stream(call, outbox, len(ids), backoff, repairing)
+                    error = await self._stream(call, queue, len(ids), backoff, repairing)
                 finally:
                     call.cancel()
                 repairing.add(getattr(error, "instrument", "?"))
                 self.stats.resubscribes += 1
                 log.warning("%s; resubscribing for fresh snapshots", error)
 
-    async def _stream(self, call: grpc.aio.UnaryStreamCall, outbox: Outbox, n: int, backoff: Backoff, repairing: set[str]) -> BookError:
+    async def _stream(self, call: grpc.aio.UnaryStreamCall, queue: PublishQueue, n: int, backoff: Backoff, repairing: set[str]) -> BookError:
         """Apply batches until the stream fails (raises) or a book breaks (returns the error)."""
         stats, wakeup = self.stats, self._wakeup
         batch = await call.read()
@@ -162,7 +166,7 @@ class Ingestor:
                 backoff.reset()
             events = batch.events
             try:
-                outbox.apply(events, now_us())
+                queue.apply(events, now_us())
             except BookError as exc:
                 if isinstance(exc, ChecksumMismatch):
                     stats.checksum_mismatches += 1
@@ -171,11 +175,22 @@ class Ingestor:
                 return exc
             stats.events += len(events)
             stats.batches += 1
-            if repairing and all(map(outbox.books.is_ready, repairing)):
+            epoch = queue.epoch
+            if epoch != self.epoch and epoch is not None:
+                self._epoch_seen(epoch)
+            if repairing and all(map(queue.books.is_ready, repairing)):
                 log.info("gap repaired: fresh snapshots of %s", ", ".join(sorted(repairing)))
                 repairing.clear()
             wakeup.set()
             batch = await call.read()
+
+    def _epoch_seen(self, epoch: int) -> None:
+        if self.epoch is None:
+            log.info("simulator epoch %d", epoch)
+        else:
+            self.stats.epoch_changes += 1
+            log.info("simulator epoch changed: %d -> %d", self.epoch, epoch)
+        self.epoch = epoch
 
     def _set_live(self, live: bool) -> None:
         self.live = live
@@ -193,8 +208,8 @@ class Ingestor:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            outbox = self.outbox
-            drain = outbox.take(now_us()) if outbox is not None else None
+            queue = self.queue
+            drain = queue.take(now_us()) if queue is not None else None
             if not drain:
                 continue
             pipe = self._redis.pipeline(transaction=False)
@@ -225,8 +240,8 @@ class Ingestor:
             except (RedisError, OSError, TimeoutError) as again:
                 exc = again
         self.stats.redis_reconnects += 1
-        if self.outbox is not None:
-            self.outbox.republish_all()
+        if self.queue is not None:
+            self.queue.republish_all()
         log.info("Redis %s reachable again; republishing every book", redact(self.settings.redis_url))
         self._wakeup.set()
 

@@ -1,10 +1,14 @@
 """What the ingestor publishes: verified books in, encoded snapshots, trades and Redis commands out.
 
-Pure code (no gRPC, no Redis connection, no clock): `Outbox` applies simulator
-batches to `feed.Books` and keeps what is due since the last drain, one snapshot
-per changed instrument (coalescing); `drain_commands` turns a drain into a few
-pipelined Redis commands whatever its size. The ingestor is the shell that feeds
-it batches and sends the bytes.
+Pure code (no gRPC, no Redis connection, no clock): `PublishQueue` applies
+simulator batches to `feed.Books` and keeps what is due since the last drain, one
+snapshot per changed instrument (coalescing); `drain_commands` turns a drain into a
+few pipelined Redis commands whatever its size. The ingestor is the shell that
+feeds it batches and sends the bytes.
+
+Every book and trade goes out with its epoch (the simulator's run). A snapshot of
+a new epoch replaces its book in `feed.Books`, so what is published after it is the
+new run's book, never a merge of two.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class IngestStats:
     gaps: int = 0
     checksum_mismatches: int = 0
     resubscribes: int = 0
+    epoch_changes: int = 0  # simulator runs that replaced the one before (a restart)
     reconnects: int = 0  # simulator connections retried
     redis_reconnects: int = 0
     dropped: int = 0  # messages given up while Redis was away (trades; snapshots when not coalescing)
@@ -56,7 +61,7 @@ class Drain:
         return self.instruments is not None or bool(self.books) or bool(self.trades)
 
 
-class Outbox:
+class PublishQueue:
     """The books and what is waiting to be published: pure, no I/O, no clock.
 
     `apply` takes one gRPC batch; `take` returns everything due since the last take,
@@ -128,7 +133,7 @@ class Outbox:
         out, encode, insts, keys = self._trades_out, schema.encode_trade, self.instruments, self.trade_keys
         for ev in trades:
             name, t = ev.instrument, ev.trade
-            payload = encode(insts[name], ev.seq, ev.ts, t.price, t.size, t.aggressor)
+            payload = encode(insts[name], ev.seq, ev.ts, t.price, t.size, t.aggressor, ev.epoch)
             pending = out.get(keys[name])
             if pending is None:
                 out[keys[name]] = [payload]
@@ -166,14 +171,17 @@ class Outbox:
             self._trades_out, self._trade_count = {}, 0
         return drain
 
+    @property
+    def epoch(self) -> int | None:
+        """The simulator's epoch, as its last snapshot gave it; None before the first."""
+        return self.books.epoch
+
     def republish_all(self) -> None:
         """Make every usable book and the instrument list due again (after Redis came back)."""
         self.instruments_due = True
         for name, ts in self._last_ts.items():
             if self.books.is_ready(name):
                 self._changed.setdefault(name, ts)
-
-
 # Each drain is a few commands whatever its size: the scripts do the per-message
 # PUBLISH, SET, LPUSH and LTRIM inside Redis, atomically, so a reader never sees a
 # key ahead of or behind its channel, and the ingestor packs one argument per

@@ -11,11 +11,12 @@ it would empty too many levels, a cancel never removes a level of a side at
 `min_depth`, a thin side is topped up from behind, and a new level beyond
 `max_depth` pushes out the worst one.
 
-Pure code: the model is handed a seeded `random.Random` and the timestamps, and
-touches no clock, no I/O and no protobuf. The same seed and the same calls give
-the same events; each instrument draws from its own generator (derived from the
-seed and its id), so its stream does not depend on the other instruments or on
-how generation is split into calls.
+Pure code: the model is handed a seeded `random.Random`, the timestamps and its
+epoch (the run's name, which the server reads from its clock), and touches no
+clock, no I/O and no protobuf. The same seed and the same calls give the same
+events, whatever the epoch, which they only carry; each instrument draws from its
+own generator (derived from the seed and its id), so its stream does not depend
+on the other instruments or on how generation is split into calls.
 
 A step may produce several events (trades, then the update they caused). The
 book changes only when an Update is emitted, so `OrderBook.checksum()` after any
@@ -74,21 +75,22 @@ _make = tuple.__new__
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event of one instrument; `checksum` is the book's after it, where computed."""
+    """One event of one instrument at (epoch, seq); `checksum` is the book's after it, where computed."""
 
     instrument: str
     seq: int
     ts: int
     body: Body
     checksum: int | None = None
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Events:
     """Consecutive events of one instrument, as `generate` returns them.
 
-    Their seqs run from `first_seq` upward, all stamped `ts`; `checksum` (when
-    computed) is the book's after the last one. Iterating gives `Event` values.
+    Their seqs run from `first_seq` upward in `epoch`, all stamped `ts`; `checksum`
+    (when computed) is the book's after the last one. Iterating gives `Event` values.
     """
 
     instrument: str
@@ -96,6 +98,7 @@ class Events:
     ts: int
     bodies: tuple[Body, ...]
     checksum: int | None = None
+    epoch: int = 0
 
     def __len__(self) -> int:
         return len(self.bodies)
@@ -107,7 +110,7 @@ class Events:
     def __iter__(self) -> Iterator[Event]:
         last = len(self.bodies) - 1
         for i, body in enumerate(self.bodies):
-            yield Event(self.instrument, self.first_seq + i, self.ts, body, self.checksum if i == last else None)
+            yield Event(self.instrument, self.first_seq + i, self.ts, body, self.checksum if i == last else None, self.epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,18 +330,22 @@ class Model:
 
     `generate` emits the next events of one instrument; `snapshot` shows its book
     at the last emitted event. The books are the exchange's truth: read them, do
-    not change them.
+    not change them. Every event and book carries `epoch`, the name of this run
+    handed in by the caller; seqs start at 0 in it.
     """
 
-    __slots__ = ("_flows", "instruments")
+    __slots__ = ("_flows", "epoch", "instruments")
 
     def __init__(
-        self, instruments: Iterable[Instrument], rng: random.Random, config: ModelConfig | None = None
+        self, instruments: Iterable[Instrument], rng: random.Random, config: ModelConfig | None = None, epoch: int = 0
     ) -> None:
         cfg = config or ModelConfig()
         self.instruments: tuple[Instrument, ...] = tuple(instruments)
+        self.epoch = epoch
         base = rng.getrandbits(64)
         self._flows: dict[str, _Flow] = {inst.id: _Flow(inst, base, cfg) for inst in self.instruments}
+        for flow in self._flows.values():
+            flow.book.epoch = epoch
 
     def _flow(self, instrument: str) -> _Flow:
         try:
@@ -373,12 +380,12 @@ class Model:
             append(body)
         first = book.seq + 1
         book.seq += count
-        return Events(instrument, first, ts, tuple(bodies), book.checksum() if checksum and count else None)
+        return Events(instrument, first, ts, tuple(bodies), book.checksum() if checksum and count else None, book.epoch)
 
     def snapshot(self, instrument: str, ts: int) -> Event:
         """The whole book of `instrument` at its current seq, with its checksum."""
         book = self._flow(instrument).book
-        return Event(instrument, book.seq, ts, Snapshot(tuple(book.bids()), tuple(book.asks())), book.checksum())
+        return Event(instrument, book.seq, ts, Snapshot(tuple(book.bids()), tuple(book.asks())), book.checksum(), book.epoch)
 
     def trades_count(self, instrument: str) -> tuple[int, int]:
         """How many buy and sell orders have traded so far (a cheap activity gauge)."""

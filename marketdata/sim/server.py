@@ -9,6 +9,13 @@ never re-serialises anything), in a bounded queue. A subscriber whose queue is
 full is dropped from it and resynced: its queued batches are discarded and it
 gets fresh snapshots of its instruments when it next reads, so a slow reader
 costs a bounded amount of memory and sees a snapshot, never a gap.
+
+A server is one run of the exchange, and its epoch (Event.epoch in the proto) is
+the clock's reading, in microseconds since the Unix epoch, when the server is
+made: it needs no state kept between runs, differs between any two runs that do
+not start in the same microsecond, and usually grows from run to run, so logs
+read in order. Nothing relies on it growing: consumers take any other epoch as a
+reset, so a clock stepped back costs nothing but the ordering of log lines.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import re
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 from grpc import aio
@@ -100,9 +107,14 @@ class Subscriber:
 
 
 class SimServer:
-    """The simulated exchange: model, generator task and gRPC server (health, reflection)."""
+    """The simulated exchange: model, generator task and gRPC server (health, reflection).
 
-    def __init__(self, settings: SimSettings) -> None:
+    `clock` gives wall time in integer microseconds since the Unix epoch: the epoch
+    of this run and the exchange time of every event. Same seed, same events; only
+    the epoch (and the times) differ from run to run.
+    """
+
+    def __init__(self, settings: SimSettings, clock: Callable[[], int] = now_us) -> None:
         if not 0 < settings.rate <= MAX_RATE:
             raise MarketDataError(f"rate {settings.rate:g} is out of range: 0 < events/s per instrument <= {MAX_RATE}")
         if settings.max_batch < 1 or settings.queue_batches < 1 or settings.burst_factor <= 0:
@@ -110,7 +122,9 @@ class SimServer:
         self.settings = settings
         self.instruments: tuple[Instrument, ...] = select(settings.instruments)
         self._by_id = {inst.id: inst for inst in self.instruments}
-        self.model = Model(self.instruments, random.Random(settings.seed))
+        self._clock = clock
+        self.epoch: int = clock()
+        self.model = Model(self.instruments, random.Random(settings.seed), epoch=self.epoch)
         self._encoder = WireEncoder()
         self.subscribers: set[Subscriber] = set()
         self.generated = 0  # events generated so far
@@ -161,8 +175,8 @@ class SimServer:
         self.port = port
         self._task = asyncio.create_task(self._generate(), name="sim-generator")
         log.info(
-            "listening on %s:%d (%d instruments, %g events/s each, seed %d)",
-            s.host, port, len(self.instruments), s.rate, s.seed,
+            "listening on %s:%d (%d instruments, %g events/s each, seed %d, epoch %d)",
+            s.host, port, len(self.instruments), s.rate, s.seed, self.epoch,
         )  # fmt: skip
         return port
 
@@ -218,7 +232,7 @@ class SimServer:
 
     def _emit(self, count: int) -> None:
         """Generate `count` events per instrument, serialise them once, queue them to subscribers."""
-        ts = now_us()
+        ts = self._clock()
         model = self.model
         encode = self._encoder.events
         max_batch = self.settings.max_batch
@@ -251,7 +265,7 @@ class SimServer:
 
     async def _get_snapshot(self, request: pb.GetSnapshotRequest, context: aio.ServicerContext) -> pb.Event:
         name = await self._check_ids([request.instrument], context)
-        return snapshot_event(self.model.snapshot(name[0], now_us()))
+        return snapshot_event(self.model.snapshot(name[0], self._clock()))
 
     async def _check_ids(self, ids: Iterable[str], context: aio.ServicerContext) -> tuple[str, ...]:
         """The known instruments among `ids` (deduplicated, in order) or abort the call."""
@@ -267,7 +281,7 @@ class SimServer:
         return tuple(chosen)
 
     def _snapshots(self, instruments: tuple[str, ...]) -> bytes:
-        ts = now_us()
+        ts = self._clock()
         return self._encoder.snapshots([self.model.snapshot(name, ts) for name in instruments])
 
     async def _subscribe(self, request: pb.SubscribeRequest, context: aio.ServicerContext) -> None:

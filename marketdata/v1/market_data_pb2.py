@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmarketdata/v1/market_data.proto\x12\rmarketdata.v1\"\x18\n\x16ListInstrumentsRequest\"I\n\x17ListInstrumentsResponse\x12.\n\x0binstruments\x18\x01 \x03(\x0b\x32\x19.marketdata.v1.Instrument\"\x8f\x01\n\nInstrument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x11\n\ttick_size\x18\x04 \x01(\t\x12\x10\n\x08lot_size\x18\x05 \x01(\t\x12\x16\n\x0eprice_decimals\x18\x06 \x01(\r\x12\x15\n\rsize_decimals\x18\x07 \x01(\r\"(\n\x12GetSnapshotRequest\x12\x12\n\ninstrument\x18\x01 \x01(\t\"\'\n\x10SubscribeRequest\x12\x13\n\x0binstruments\x18\x01 \x03(\t\"G\n\x05Level\x12!\n\x04side\x18\x01 \x01(\x0e\x32\x13.marketdata.v1.Side\x12\r\n\x05price\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\"R\n\x08Snapshot\x12\"\n\x04\x62ids\x18\x01 \x03(\x0b\x32\x14.marketdata.v1.Level\x12\"\n\x04\x61sks\x18\x02 \x03(\x0b\x32\x14.marketdata.v1.Level\"/\n\x06Update\x12%\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x14.marketdata.v1.Level\"L\n\x05Trade\x12\r\n\x05price\x18\x01 \x01(\x03\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12&\n\taggressor\x18\x03 \x01(\x0e\x32\x13.marketdata.v1.Side\"\xdd\x01\n\x05\x45vent\x12\x12\n\ninstrument\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\n\n\x02ts\x18\x03 \x01(\x03\x12+\n\x08snapshot\x18\x04 \x01(\x0b\x32\x17.marketdata.v1.SnapshotH\x00\x12\'\n\x06update\x18\x05 \x01(\x0b\x32\x15.marketdata.v1.UpdateH\x00\x12%\n\x05trade\x18\x06 \x01(\x0b\x32\x14.marketdata.v1.TradeH\x00\x12\x15\n\x08\x63hecksum\x18\x07 \x01(\rH\x01\x88\x01\x01\x42\x06\n\x04\x62odyB\x0b\n\t_checksum\"2\n\nEventBatch\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.marketdata.v1.Event*8\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BID\x10\x01\x12\x0c\n\x08SIDE_ASK\x10\x02\x32\x81\x02\n\nMarketData\x12`\n\x0fListInstruments\x12%.marketdata.v1.ListInstrumentsRequest\x1a&.marketdata.v1.ListInstrumentsResponse\x12\x46\n\x0bGetSnapshot\x12!.marketdata.v1.GetSnapshotRequest\x1a\x14.marketdata.v1.Event\x12I\n\tSubscribe\x12\x1f.marketdata.v1.SubscribeRequest\x1a\x19.marketdata.v1.EventBatch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmarketdata/v1/market_data.proto\x12\rmarketdata.v1\"\x18\n\x16ListInstrumentsRequest\"I\n\x17ListInstrumentsResponse\x12.\n\x0binstruments\x18\x01 \x03(\x0b\x32\x19.marketdata.v1.Instrument\"\x8f\x01\n\nInstrument\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x11\n\ttick_size\x18\x04 \x01(\t\x12\x10\n\x08lot_size\x18\x05 \x01(\t\x12\x16\n\x0eprice_decimals\x18\x06 \x01(\r\x12\x15\n\rsize_decimals\x18\x07 \x01(\r\"(\n\x12GetSnapshotRequest\x12\x12\n\ninstrument\x18\x01 \x01(\t\"\'\n\x10SubscribeRequest\x12\x13\n\x0binstruments\x18\x01 \x03(\t\"G\n\x05Level\x12!\n\x04side\x18\x01 \x01(\x0e\x32\x13.marketdata.v1.Side\x12\r\n\x05price\x18\x02 \x01(\x03\x12\x0c\n\x04size\x18\x03 \x01(\x03\"R\n\x08Snapshot\x12\"\n\x04\x62ids\x18\x01 \x03(\x0b\x32\x14.marketdata.v1.Level\x12\"\n\x04\x61sks\x18\x02 \x03(\x0b\x32\x14.marketdata.v1.Level\"/\n\x06Update\x12%\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x14.marketdata.v1.Level\"L\n\x05Trade\x12\r\n\x05price\x18\x01 \x01(\x03\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12&\n\taggressor\x18\x03 \x01(\x0e\x32\x13.marketdata.v1.Side\"\xec\x01\n\x05\x45vent\x12\x12\n\ninstrument\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\n\n\x02ts\x18\x03 \x01(\x03\x12+\n\x08snapshot\x18\x04 \x01(\x0b\x32\x17.marketdata.v1.SnapshotH\x00\x12\'\n\x06update\x18\x05 \x01(\x0b\x32\x15.marketdata.v1.UpdateH\x00\x12%\n\x05trade\x18\x06 \x01(\x0b\x32\x14.marketdata.v1.TradeH\x00\x12\x15\n\x08\x63hecksum\x18\x07 \x01(\rH\x01\x88\x01\x01\x12\r\n\x05\x65poch\x18\x08 \x01(\x04\x42\x06\n\x04\x62odyB\x0b\n\t_checksum\"2\n\nEventBatch\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.marketdata.v1.Event*8\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BID\x10\x01\x12\x0c\n\x08SIDE_ASK\x10\x02\x32\x81\x02\n\nMarketData\x12`\n\x0fListInstruments\x12%.marketdata.v1.ListInstrumentsRequest\x1a&.marketdata.v1.ListInstrumentsResponse\x12\x46\n\x0bGetSnapshot\x12!.marketdata.v1.GetSnapshotRequest\x1a\x14.marketdata.v1.Event\x12I\n\tSubscribe\x12\x1f.marketdata.v1.SubscribeRequest\x1a\x19.marketdata.v1.EventBatch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'marketdata.v1.market_data_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIDE']._serialized_start=940
-  _globals['_SIDE']._serialized_end=996
+  _globals['_SIDE']._serialized_start=955
+  _globals['_SIDE']._serialized_end=1011
   _globals['_LISTINSTRUMENTSREQUEST']._serialized_start=50
   _globals['_LISTINSTRUMENTSREQUEST']._serialized_end=74
   _globals['_LISTINSTRUMENTSRESPONSE']._serialized_start=76
@@ -52,9 +52,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRADE']._serialized_start=586
   _globals['_TRADE']._serialized_end=662
   _globals['_EVENT']._serialized_start=665
-  _globals['_EVENT']._serialized_end=886
-  _globals['_EVENTBATCH']._serialized_start=888
-  _globals['_EVENTBATCH']._serialized_end=938
-  _globals['_MARKETDATA']._serialized_start=999
-  _globals['_MARKETDATA']._serialized_end=1256
+  _globals['_EVENT']._serialized_end=901
+  _globals['_EVENTBATCH']._serialized_start=903
+  _globals['_EVENTBATCH']._serialized_end=953
+  _globals['_MARKETDATA']._serialized_start=1014
+  _globals['_MARKETDATA']._serialized_end=1271
 # @@protoc_insertion_point(module_scope)

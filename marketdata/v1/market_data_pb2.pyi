@@ -91,7 +91,7 @@ class Trade(_message.Message):
     def __init__(self, price: _Optional[int] = ..., size: _Optional[int] = ..., aggressor: _Optional[_Union[Side, str]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("instrument", "seq", "ts", "snapshot", "update", "trade", "checksum")
+    __slots__ = ("instrument", "seq", "ts", "snapshot", "update", "trade", "checksum", "epoch")
     INSTRUMENT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class Event(_message.Message):
     UPDATE_FIELD_NUMBER: _ClassVar[int]
     TRADE_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     instrument: str
     seq: int
     ts: int
@@ -106,7 +107,8 @@ class Event(_message.Message):
     update: Update
     trade: Trade
     checksum: int
-    def __init__(self, instrument: _Optional[str] = ..., seq: _Optional[int] = ..., ts: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[Update, _Mapping]] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., checksum: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, instrument: _Optional[str] = ..., seq: _Optional[int] = ..., ts: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[Update, _Mapping]] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., checksum: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)

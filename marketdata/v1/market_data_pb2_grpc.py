@@ -66,7 +66,8 @@ class MarketDataServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSnapshot(self, request, context):
-        """The current full book of one instrument, as a snapshot event.
+        """The current full book of one instrument, as a snapshot event (with its
+        epoch and seq).
         NOT_FOUND names an unknown instrument; INVALID_ARGUMENT an empty id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -76,9 +77,12 @@ class MarketDataServicer:
     def Subscribe(self, request, context):
         """A live stream of batches. For each requested instrument the stream first
         carries one snapshot event, then incremental events whose seq follows the
-        snapshot's without a gap. A subscriber that falls too far behind gets a
-        fresh snapshot of every instrument (its events in between are dropped);
+        snapshot's without a gap, all of the snapshot's epoch (Event.epoch). A
+        subscriber that falls too far behind gets a fresh snapshot of every
+        instrument (its events in between are dropped): same epoch, higher seq;
         a consumer tells this apart from loss because the event is a snapshot.
+        Should the exchange start a new epoch while a stream is open, each
+        instrument's first event of the new epoch is a snapshot.
         NOT_FOUND names an unknown instrument; INVALID_ARGUMENT a malformed request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -59,12 +59,14 @@ def test_json_lines_are_verified_books_in_sequence(sim: RunningSim) -> None:
     assert "Traceback" not in done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == count, f"--count {count} printed {len(lines)} lines"
+    epoch = sim.server.epoch  # type: ignore[attr-defined]
     last_seq: dict[str, int] = {}
     first_seq: dict[str, int] = {}
     for line in lines:
         u = orjson.loads(line)
         name = u["instrument"]
         assert u["verified"] is True, f"unverified update: {line}"
+        assert u["epoch"] == epoch, f"{name}: epoch {u['epoch']}, the simulator's is {epoch}"
         assert u["seq"] > last_seq.get(name, -1), f"{name}: seq went from {last_seq.get(name)} to {u['seq']}"
         first_seq.setdefault(name, u["seq"])
         last_seq[name] = u["seq"]

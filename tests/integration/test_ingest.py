@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import zlib
 from collections.abc import AsyncIterator, Awaitable
 
@@ -93,7 +94,7 @@ class Listener:
 
 
 def crc_of_message(msg: dict, inst: Instrument) -> int:
-    """The DESIGN.md checksum recomputed from a decoded message's decimal levels."""
+    """The docs/architecture.md checksum recomputed from a decoded message's decimal levels."""
 
     def ticks(price: float) -> int:
         return round(round(price * inst.price_scale) / inst.tick_units)
@@ -237,22 +238,24 @@ async def test_coalescing_publishes_fewer_snapshots_than_events(redis_url: str) 
 
 
 @pytest.mark.asyncio
-async def test_simulator_restart_replaces_the_books(redis_url: str) -> None:
+async def test_simulator_restart_is_a_new_epoch_that_replaces_the_books(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="marketdata.ingest.ingestor")
     client = aredis.Redis.from_url(redis_url)
     truth: dict[tuple[str, int], int] = {}
     first_seq: dict[str, int] = {}
     try:
-        async with own_sim(seed=1) as first:
+        # The first market runs fast, so its seqs are far ahead of where the second one's start.
+        async with own_sim(seed=1, rate=4000.0) as first:
             port = first.port
             settings = settings_for(f"127.0.0.1:{port}", redis_url, instruments=("BTC-USD",), heartbeat_ttl=0.6)
             async with Listener(redis_url, "md:book:*") as books:
                 async with running(settings) as ing:
-                    await async_wait_for(lambda: len(books.messages) >= 20, 10, what="books from the first simulator")
+                    await async_wait_for(lambda: len(books.messages) >= 20 and ing.stats.events >= 2000, 10, what="books from the first simulator")
                     await first.stop(0)
                     await async_wait_for(lambda: not ing.live, 5, what="the ingestor to notice")
                     await async_wait_for(lambda: equals(client.exists("md:heartbeat"), 0), 5, what="the heartbeat to expire")
                     n = len(books.messages)
-                    async with own_sim(seed=2, port=port):  # another market on the same address
+                    async with own_sim(seed=2, port=port, rate=50.0) as second:  # another market on the same address
                         recorder = asyncio.create_task(record_truth(f"127.0.0.1:{port}", truth, first_seq))
                         try:
                             await async_wait_for(lambda: len(books.messages) > n + 10, 10, what="books from the second simulator")
@@ -260,7 +263,15 @@ async def test_simulator_restart_replaces_the_books(redis_url: str) -> None:
                         finally:
                             await stop(recorder)
                     assert ing.stats.reconnects >= 1 and ing.stats.gaps == ing.stats.checksum_mismatches == 0
+                    assert (ing.epoch, ing.stats.epoch_changes) == (second.epoch, 1)
+            stored = schema.decode(await client.get("md:book:BTC-USD"))
+        assert first.epoch != second.epoch
+        before = [schema.decode(p) for _channel, p in books.messages[:n]]
         after = [schema.decode(p) for _channel, p in books.messages[n:]]
+        assert {m["epoch"] for m in before} == {first.epoch}
+        assert {m["epoch"] for m in after} == {second.epoch} and stored["epoch"] == second.epoch
+        # The seqs started again: in (epoch, seq) order the second run follows, although its seqs are lower.
+        assert after[0]["seq"] < before[-1]["seq"], (before[-1]["seq"], after[0]["seq"])
         assert all(crc_of_message(m, INSTRUMENTS["BTC-USD"]) == m["checksum"] for m in after)
         # Every book published since is the second market's at that seq: replaced, not merged.
         last_seen = max(seq for _, seq in truth)
@@ -268,6 +279,8 @@ async def test_simulator_restart_replaces_the_books(redis_url: str) -> None:
         assert len(comparable) >= 5
         wrong = [(m["seq"], m["checksum"], truth.get(("BTC-USD", m["seq"]))) for m in comparable if truth.get(("BTC-USD", m["seq"])) != m["checksum"]]
         assert not wrong, f"(seq, published, simulator's) that differ: {wrong}"
+        changed = [r.getMessage() for r in caplog.records if "epoch changed" in r.getMessage()]
+        assert changed == [f"simulator epoch changed: {first.epoch} -> {second.epoch}"]
     finally:
         await client.aclose()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import grpc
@@ -24,9 +24,9 @@ IDS = [inst.id for inst in DEFAULT_INSTRUMENTS]
 
 
 @asynccontextmanager
-async def running(**overrides: object) -> AsyncIterator[tuple[SimServer, grpc.aio.Channel]]:
+async def running(clock: Callable[[], int] | None = None, **overrides: object) -> AsyncIterator[tuple[SimServer, grpc.aio.Channel]]:
     settings = SimSettings(**{"port": 0, "seed": 7, "rate": 500.0, **overrides})  # type: ignore[arg-type]
-    server = SimServer(settings)
+    server = SimServer(settings) if clock is None else SimServer(settings, clock=clock)
     port = await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -83,6 +83,45 @@ async def test_subscribe_streams_snapshots_then_verifiable_events() -> None:
         call.cancel()
         assert set(seen) == {"BTC-USD", "AAPL", "EUR-USD"}
         assert min(seen.values()) > 1000
+
+
+@pytest.mark.asyncio
+async def test_every_event_carries_the_epoch_read_from_the_clock_at_start() -> None:
+    async with running(clock=lambda: 1_764_050_000_123_456, rate=2000.0) as (server, channel):
+        assert server.epoch == 1_764_050_000_123_456
+        stub = pb_grpc.MarketDataStub(channel)
+        assert (await stub.GetSnapshot(pb.GetSnapshotRequest(instrument="AAPL"))).epoch == server.epoch
+        call = stub.Subscribe(pb.SubscribeRequest(instruments=["BTC-USD", "AAPL"]))
+        epochs: set[int] = set()
+        count = 0
+        async for batch in call:
+            epochs.update(ev.epoch for ev in batch.events)
+            count += len(batch.events)
+            if count >= 500:
+                break
+        call.cancel()
+        assert epochs == {server.epoch}
+    async with running() as (a, _), running() as (b, _):
+        assert a.epoch != b.epoch, "every run has an epoch of its own"
+        assert a.epoch > 1_600_000_000_000_000  # the wall clock in µs by default
+
+
+@pytest.mark.asyncio
+async def test_the_same_seed_gives_the_same_market_in_another_epoch() -> None:
+    """A restart with the same --seed: the same books and seqs again, told apart only by the epoch."""
+    firsts = []
+    for epoch in (1_000_000, 2_000_000):
+        # A rate so low that no event is generated before the snapshots: both start at seq 0.
+        async with running(clock=lambda e=epoch: e, seed=11, rate=0.01) as (_server, channel):  # type: ignore[misc]
+            call = pb_grpc.MarketDataStub(channel).Subscribe(pb.SubscribeRequest())
+            firsts.append(list((await call.read()).events))
+            call.cancel()
+    (a, b) = firsts
+    assert {ev.epoch for ev in a} == {1_000_000} and {ev.epoch for ev in b} == {2_000_000}
+    assert {ev.seq for ev in a + b} == {0}
+    for x, y in zip(a, b, strict=True):
+        y.epoch, y.ts = x.epoch, x.ts
+        assert x == y
 
 
 @pytest.mark.asyncio

@@ -161,6 +161,19 @@ def test_reset_sets_seq_and_skips_empty_levels() -> None:
 # -- checksum ------------------------------------------------------------------
 
 
+def test_a_book_carries_its_epoch_outside_the_checksum() -> None:
+    book = OrderBook("X")
+    assert (book.epoch, book.seq) == (0, 0)
+    book.reset(5, [(10, 1)], [(11, 1)], epoch=7)
+    crc = book.checksum()
+    assert (book.epoch, book.seq) == (7, 5)
+    book.reset(6, [(10, 1)], [(11, 1)])  # no epoch given: the book stays in its own
+    assert (book.epoch, book.seq) == (7, 6) and book.checksum() == crc
+    book.reset(1, [(10, 1)], [(11, 1)], epoch=0)
+    assert book.epoch == 0 and book.checksum() == crc, "the checksum covers levels only"
+    assert "epoch=0, seq=1" in repr(book)
+
+
 def test_checksum_worked_example() -> None:
     book = OrderBook("X")
     # given worst-first on purpose: the book orders them

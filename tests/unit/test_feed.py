@@ -1,4 +1,4 @@
-"""Books: applying hand-built protobuf events, with sequence and checksum verification."""
+"""Books: applying hand-built protobuf events, with (epoch, seq) and checksum verification."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from marketdata.book import ASK, BID, OrderBook, checksum
 from marketdata.errors import (
     BookError,
     ChecksumMismatch,
+    EpochMismatch,
     SequenceGap,
     UnknownInstrument,
 )
@@ -22,10 +23,11 @@ EXAMPLE_CRC32 = 4181130011  # docs/checksum.md
 
 
 def snapshot(
-    instrument: str, seq: int, bids: list[tuple[int, int]] = BIDS, asks: list[tuple[int, int]] = ASKS, ts: int = 1_000, crc: int | None = -1
+    instrument: str, seq: int, bids: list[tuple[int, int]] = BIDS, asks: list[tuple[int, int]] = ASKS, ts: int = 1_000,
+    crc: int | None = -1, epoch: int = 0,
 ) -> pb.Event:
     """A snapshot event; by default it carries the right checksum of its levels."""
-    ev = pb.Event(instrument=instrument, seq=seq, ts=ts)
+    ev = pb.Event(instrument=instrument, seq=seq, ts=ts, epoch=epoch)
     ev.snapshot.bids.extend(pb.Level(side=pb.SIDE_BID, price=p, size=s) for p, s in bids)
     ev.snapshot.asks.extend(pb.Level(side=pb.SIDE_ASK, price=p, size=s) for p, s in asks)
     if crc == -1:
@@ -35,16 +37,18 @@ def snapshot(
     return ev
 
 
-def update(instrument: str, seq: int, *changes: tuple[int, int, int], ts: int = 1_000, crc: int | None = None) -> pb.Event:
-    ev = pb.Event(instrument=instrument, seq=seq, ts=ts)
+def update(
+    instrument: str, seq: int, *changes: tuple[int, int, int], ts: int = 1_000, crc: int | None = None, epoch: int = 0
+) -> pb.Event:
+    ev = pb.Event(instrument=instrument, seq=seq, ts=ts, epoch=epoch)
     ev.update.changes.extend(pb.Level(side=sd, price=p, size=s) for sd, p, s in changes)
     if crc is not None:
         ev.checksum = crc
     return ev
 
 
-def trade(instrument: str, seq: int, price: int = 101, size: int = 1, ts: int = 1_000) -> pb.Event:
-    ev = pb.Event(instrument=instrument, seq=seq, ts=ts)
+def trade(instrument: str, seq: int, price: int = 101, size: int = 1, ts: int = 1_000, epoch: int = 0) -> pb.Event:
+    ev = pb.Event(instrument=instrument, seq=seq, ts=ts, epoch=epoch)
     ev.trade.CopyFrom(pb.Trade(price=price, size=size, aggressor=pb.SIDE_BID))
     return ev
 
@@ -78,6 +82,73 @@ def test_snapshot_replaces_the_book_not_merges() -> None:
     assert books.books["A"].bids() == [(90, 1)]
     assert books.books["A"].asks() == []
     assert books.books["A"].seq == 100
+
+
+def test_a_new_epoch_is_a_reset_at_once_whatever_its_seq() -> None:
+    """A simulator restart: seq 224 of one run, then seq 20 of the next, is a reset, not a regression."""
+    books = Books(["A", "B"])
+    assert books.epoch is None
+    books.apply_batch([snapshot("A", 200, epoch=5), snapshot("B", 7, epoch=5)])
+    books.apply(update("A", 201, (BID, 50, 1), epoch=5))
+    assert (books.books["A"].epoch, books.books["A"].seq, books.epoch) == (5, 201, 5)
+
+    books.apply(snapshot("A", 20, bids=[(90, 1)], asks=[(91, 1)], epoch=9))
+    book = books.books["A"]
+    assert (book.epoch, book.seq, books.epoch) == (9, 20, 9)
+    assert book.bids() == [(90, 1)] and book.asks() == [(91, 1)], "replaced, not merged"
+    assert books.is_ready("A")
+    books.apply(update("A", 21, (ASK, 92, 1), epoch=9, crc=checksum([(90, 1)], [(91, 1), (92, 1)])))
+    assert book.seq == 21
+    # A smaller epoch is a reset too: the simulator's clock may have been stepped back.
+    books.apply(snapshot("A", 3, epoch=2))
+    assert (book.epoch, book.seq, book.bids()) == (2, 3, BIDS)
+    # B's book is still of epoch 5 and goes on there until its own new snapshot.
+    books.apply(update("B", 8, (BID, 1, 1), epoch=5))
+    assert (books.books["B"].epoch, books.books["B"].seq) == (5, 8)
+
+
+def test_within_an_epoch_a_snapshot_never_moves_a_book_back() -> None:
+    books = Books(["A"])
+    books.apply(snapshot("A", 10, epoch=5))
+    books.apply(snapshot("A", 10, epoch=5))  # the same place again (a resync with no event between) is fine
+    with pytest.raises(SequenceGap) as info:
+        books.apply(snapshot("A", 9, bids=[(1, 1)], epoch=5))
+    assert (info.value.expected, info.value.got) == (10, 9)
+    assert not books.is_ready("A") and books.books["A"].bids() == BIDS, "the stale snapshot is not applied"
+    books.apply(snapshot("A", 12, epoch=5))
+    assert books.is_ready("A") and books.books["A"].seq == 12
+
+
+def test_an_incremental_event_of_another_epoch_waits_for_that_epochs_snapshot() -> None:
+    books = Books(["A"])
+    books.apply(snapshot("A", 10, epoch=5))
+    with pytest.raises(EpochMismatch) as info:
+        books.apply(update("A", 11, (BID, 1, 1), epoch=6))  # seq follows, but it is another run's
+    err = info.value
+    assert isinstance(err, BookError) and (err.instrument, err.expected, err.got) == ("A", 5, 6)
+    assert "epoch 6 on a book of epoch 5" in str(err)
+    assert not books.is_ready("A") and books.books["A"].seq == 10 and books.books["A"].bids() == BIDS
+    books.apply(snapshot("A", 1, epoch=6))
+    books.apply(update("A", 2, (BID, 1, 1), epoch=6))
+    assert (books.books["A"].epoch, books.books["A"].seq) == (6, 2)
+
+
+def test_a_batch_across_a_restart_ends_on_the_new_epochs_book() -> None:
+    books = Books(["A"])
+    after = checksum([(100, 5), (99, 3), (98, 1)], ASKS)
+    result = books.apply_batch(
+        [
+            snapshot("A", 500, bids=[(7, 7)], asks=[(8, 8)], epoch=1, ts=10),
+            update("A", 501, (BID, 6, 1), epoch=1, ts=11),
+            snapshot("A", 0, epoch=2, ts=12),
+            update("A", 1, (BID, 98, 1), epoch=2, ts=13, crc=after),
+        ]
+    )
+    assert result.changed == {"A": 13} and result.snapshots == 2
+    book = books.books["A"]
+    assert (book.epoch, book.seq, book.checksum()) == (2, 1, after)
+    with pytest.raises(EpochMismatch):
+        books.apply_batch([update("A", 2, (BID, 1, 1), epoch=1)])  # a late event of the old run
 
 
 def test_gap_raises_and_book_waits_for_next_snapshot() -> None:

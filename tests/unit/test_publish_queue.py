@@ -10,7 +10,7 @@ import pytest
 from marketdata import schema
 from marketdata.book import BID, OrderBook
 from marketdata.errors import ChecksumMismatch, SequenceGap
-from marketdata.ingest.publish_queue import IngestStats, Outbox, drain_commands
+from marketdata.ingest.publish_queue import IngestStats, PublishQueue, drain_commands
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
 from marketdata.settings import IngestSettings
 from marketdata.sim.model import Event as ModelEvent
@@ -36,8 +36,8 @@ def to_pb(ev: ModelEvent) -> pb.Event:
     return out
 
 
-def outbox(instruments: tuple[Instrument, ...] = (BTC, ETH), **kw: object) -> Outbox:
-    return Outbox(instruments, IngestSettings(**kw), IngestStats())  # type: ignore[arg-type]
+def queue(instruments: tuple[Instrument, ...] = (BTC, ETH), **kw: object) -> PublishQueue:
+    return PublishQueue(instruments, IngestSettings(**kw), IngestStats())  # type: ignore[arg-type]
 
 
 def model(instruments: tuple[Instrument, ...] = (BTC, ETH)) -> Model:
@@ -45,7 +45,7 @@ def model(instruments: tuple[Instrument, ...] = (BTC, ETH)) -> Model:
 
 
 def test_one_snapshot_per_changed_instrument_per_drain() -> None:
-    m, box = model(), outbox()
+    m, box = model(), queue()
     batch = [to_pb(m.snapshot("BTC-USD", 10)), to_pb(m.snapshot("ETH-USD", 10))]
     box.apply(batch, pts=1)
     for i in range(5):  # several batches before the publisher's turn
@@ -63,7 +63,7 @@ def test_one_snapshot_per_changed_instrument_per_drain() -> None:
 
 
 def test_coalescing_off_publishes_every_event_in_order() -> None:
-    m, box = model((BTC,)), outbox((BTC,), coalesce=False)
+    m, box = model((BTC,)), queue((BTC,), coalesce=False)
     box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=5)
     box.apply([to_pb(e) for e in m.generate("BTC-USD", 30, ts=2)], pts=6)
     seqs = [schema.decode(p)["seq"] for _, p in box.take(pts=7).books]
@@ -71,7 +71,7 @@ def test_coalescing_off_publishes_every_event_in_order() -> None:
 
 
 def test_a_gap_publishes_nothing_until_a_fresh_snapshot() -> None:
-    m, box = model((BTC,)), outbox((BTC,))
+    m, box = model((BTC,)), queue((BTC,))
     box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
     box.take(pts=1)
     events = [to_pb(e) for e in m.generate("BTC-USD", 10, ts=2)]
@@ -87,7 +87,7 @@ def test_a_gap_publishes_nothing_until_a_fresh_snapshot() -> None:
 
 
 def test_a_checksum_mismatch_is_raised_and_not_published() -> None:
-    m, box = model((BTC,)), outbox((BTC,))
+    m, box = model((BTC,)), queue((BTC,))
     box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
     box.take(pts=1)
     events = [to_pb(e) for e in m.generate("BTC-USD", 5, ts=2)]
@@ -101,7 +101,7 @@ def test_trades_are_encoded_in_order_and_capped(monkeypatch: pytest.MonkeyPatch)
     import marketdata.ingest.publish_queue as ingest
 
     monkeypatch.setattr(ingest, "MAX_PENDING", 5)
-    box = outbox((BTC,))
+    box = queue((BTC,))
     book = OrderBook("BTC-USD")
     book.reset(1, [(100, 5)], [(101, 5)])
     snap = pb.Event(instrument="BTC-USD", seq=1, ts=1, checksum=book.checksum())
@@ -113,12 +113,12 @@ def test_trades_are_encoded_in_order_and_capped(monkeypatch: pytest.MonkeyPatch)
     drain = box.take(pts=2)
     msgs = [schema.decode(p) for p in drain.trades[b"md:trades:BTC-USD"]]
     assert [t["seq"] for t in msgs] == [5, 6, 7, 8, 9]
-    assert msgs[0] == {"v": 1, "type": "trade", "instrument": "BTC-USD", "seq": 5, "ts": 5, "price": 10.1, "size": 0.0001, "side": "buy"}
+    assert msgs[0] == {"v": 1, "type": "trade", "instrument": "BTC-USD", "seq": 5, "ts": 5, "epoch": 0, "price": 10.1, "size": 0.0001, "side": "buy"}
     assert box.stats.dropped == 3 and box.stats.trades == 8
 
 
 def test_republish_all_makes_every_ready_book_due_again() -> None:
-    m, box = model(), outbox()
+    m, box = model(), queue()
     box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)  # ETH never got its snapshot
     box.take(pts=1)
     assert not box.take(pts=2)
@@ -128,7 +128,7 @@ def test_republish_all_makes_every_ready_book_due_again() -> None:
 
 
 def test_a_drain_is_a_few_commands_whatever_its_size() -> None:
-    m, box = model(), outbox()
+    m, box = model(), queue()
     box.apply([to_pb(m.snapshot("BTC-USD", 1)), to_pb(m.snapshot("ETH-USD", 1))], pts=1)
     box.apply([to_pb(e) for e in m.generate("BTC-USD", 3000, ts=2)], pts=2)
     drain = box.take(pts=3)
@@ -143,7 +143,7 @@ def test_a_drain_is_a_few_commands_whatever_its_size() -> None:
 
 
 def test_the_instrument_list_is_written_once_then_again_only_when_asked() -> None:
-    box = outbox()
+    box = queue()
     first = box.take(pts=1)
     assert first and first.instruments == schema.encode_instruments((BTC, ETH))
     assert not first.books and not first.trades, "no book is ready before its snapshot"
@@ -153,7 +153,7 @@ def test_the_instrument_list_is_written_once_then_again_only_when_asked() -> Non
 
 
 def test_keys_follow_the_prefix_and_snapshots_the_depth() -> None:
-    m, box = model((BTC,)), outbox((BTC,), prefix="desk7", depth=10)
+    m, box = model((BTC,)), queue((BTC,), prefix="desk7", depth=10)
     box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
     box.apply([to_pb(e) for e in m.generate("BTC-USD", 200, ts=2)], pts=2)
     drain = box.take(pts=3)
@@ -166,7 +166,7 @@ def test_keys_follow_the_prefix_and_snapshots_the_depth() -> None:
 
 
 def test_events_of_a_book_waiting_for_its_snapshot_are_not_written() -> None:
-    m, box = model(), outbox()
+    m, box = model(), queue()
     box.apply([to_pb(m.snapshot("BTC-USD", 1)), to_pb(m.snapshot("ETH-USD", 1))], pts=1)
     box.take(pts=1)
     eth = [to_pb(e) for e in m.generate("ETH-USD", 20, ts=2)]
@@ -179,7 +179,7 @@ def test_without_coalescing_only_the_newest_snapshots_wait_while_redis_is_away(m
     import marketdata.ingest.publish_queue as publish_queue
 
     monkeypatch.setattr(publish_queue, "MAX_PENDING", 8)
-    m, box = model((BTC,)), outbox((BTC,), coalesce=False)
+    m, box = model((BTC,)), queue((BTC,), coalesce=False)
     box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
     box.apply([to_pb(e) for e in m.generate("BTC-USD", 20, ts=2)], pts=2)
     seqs = [schema.decode(p)["seq"] for _, p in box.take(pts=3).books]
@@ -191,7 +191,7 @@ def test_trades_held_while_redis_is_away_keep_the_newest_of_every_instrument(mon
     import marketdata.ingest.publish_queue as publish_queue
 
     monkeypatch.setattr(publish_queue, "MAX_PENDING", 6)
-    box = outbox()
+    box = queue()
     book = OrderBook("any")
     book.reset(1, [(100, 5)], [(101, 5)])
 
@@ -218,7 +218,7 @@ def test_trades_held_while_redis_is_away_keep_the_newest_of_every_instrument(mon
 
 
 def test_commands_of_a_drain_with_books_only_or_nothing() -> None:
-    m, box = model((BTC,)), outbox((BTC,))
+    m, box = model((BTC,)), queue((BTC,))
     box.take(pts=0)  # the instrument list
     assert drain_commands(box.take(pts=1), b"md:instruments", history=50) == []
     box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)

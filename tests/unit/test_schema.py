@@ -1,4 +1,4 @@
-"""The Redis message schema: exact decimals at the edge, strict decoding, peek_seq."""
+"""The Redis message schema: exact decimals at the edge, strict decoding, (epoch, seq) without parsing."""
 
 from __future__ import annotations
 
@@ -17,21 +17,24 @@ from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument, select
 BTC, EUR, ES = select(["BTC-USD", "EUR-USD", "ES-DEC26"])
 
 
-def book_of(inst: Instrument, seq: int, bids: list[tuple[int, int]], asks: list[tuple[int, int]]) -> OrderBook:
+def book_of(inst: Instrument, seq: int, bids: list[tuple[int, int]], asks: list[tuple[int, int]], epoch: int = 0) -> OrderBook:
     book = OrderBook(inst.id)
-    book.reset(seq, bids, asks)
+    book.reset(seq, bids, asks, epoch)
     return book
 
 
 def test_encode_book_fields_and_decimals() -> None:
     # EUR-USD: tick 0.00001 (5 decimals), lot 1000
-    book = book_of(EUR, 42, bids=[(108499, 3), (108498, 1)], asks=[(108501, 2)])
+    book = book_of(EUR, 42, bids=[(108499, 3), (108498, 1)], asks=[(108501, 2)], epoch=1_764_049_000_000_001)
     payload = schema.encode_book(EUR, book, 25, ts=1_764_050_000_123_456, pts=1_764_050_000_123_789, checksum=book.checksum())
-    assert payload.startswith(b'{"v":1,"type":"book","instrument":"EUR-USD","seq":42,')
+    # The head the bridge, the browser and the load generator read without parsing: epoch after the times.
+    assert payload.startswith(
+        b'{"v":1,"type":"book","instrument":"EUR-USD","seq":42,"ts":1764050000123456,"pts":1764050000123789,"epoch":1764049000000001,'
+    )
     assert b'"bids":[[1.08499,3000.0],[1.08498,1000.0]]' in payload
     assert b'"asks":[[1.08501,2000.0]]' in payload
     msg = orjson.loads(payload)
-    assert list(msg) == ["v", "type", "instrument", "seq", "ts", "pts", "bids", "asks", "checksum"]
+    assert list(msg) == ["v", "type", "instrument", "seq", "ts", "pts", "epoch", "bids", "asks", "checksum"]
     assert msg["ts"] == 1_764_050_000_123_456 and msg["pts"] == 1_764_050_000_123_789
     assert msg["checksum"] == book.checksum()
 
@@ -54,23 +57,33 @@ def test_encode_book_respects_depth_and_empty_sides() -> None:
 
 
 def test_encode_trade_fields() -> None:
-    buy = orjson.loads(schema.encode_trade(BTC, 9, 123, price=650001, size=2500, aggressor=BID))
-    assert buy == {"v": 1, "type": "trade", "instrument": "BTC-USD", "seq": 9, "ts": 123, "price": 65000.1, "size": 0.25, "side": "buy"}
+    buy = orjson.loads(schema.encode_trade(BTC, 9, 123, price=650001, size=2500, aggressor=BID, epoch=77))
+    assert buy == {"v": 1, "type": "trade", "instrument": "BTC-USD", "seq": 9, "ts": 123, "epoch": 77, "price": 65000.1, "size": 0.25, "side": "buy"}
+    assert orjson.loads(schema.encode_trade(BTC, 9, 123, 650001, 2500, BID))["epoch"] == 0  # the old call still works
     sell = orjson.loads(schema.encode_trade(EUR, 10, 124, price=108500, size=1, aggressor=ASK))
     assert (sell["price"], sell["size"], sell["side"]) == (1.085, 1000.0, "sell")
 
 
 def test_round_trip_through_decode() -> None:
-    book = book_of(BTC, 5, bids=[(649999, 5312), (649998, 1)], asks=[(650000, 2500)])
+    book = book_of(BTC, 5, bids=[(649999, 5312), (649998, 1)], asks=[(650000, 2500)], epoch=3)
     payload = schema.encode_book(BTC, book, 25, 11, 12, book.checksum())
     msg = schema.decode(payload)
-    assert msg["type"] == "book" and msg["instrument"] == "BTC-USD" and msg["seq"] == 5
+    assert msg["type"] == "book" and msg["instrument"] == "BTC-USD" and (msg["epoch"], msg["seq"]) == (3, 5)
     # back to integers by the README's rule, the checksum is the book's
     ticks = [(BTC.ticks(str(p)), round(s * BTC.size_scale / BTC.lot_units)) for p, s in msg["bids"]]
     assert ticks == book.bids()
     assert schema.decode(payload.decode()) == msg  # str payloads too
-    trade = schema.decode(schema.encode_trade(BTC, 6, 13, 650000, 1, ASK))
-    assert (trade["type"], trade["seq"], trade["side"]) == ("trade", 6, "sell")
+    trade = schema.decode(schema.encode_trade(BTC, 6, 13, 650000, 1, ASK, epoch=3))
+    assert (trade["type"], trade["epoch"], trade["seq"], trade["side"]) == ("trade", 3, 6, "sell")
+
+
+def test_a_message_from_before_epochs_decodes_as_epoch_0() -> None:
+    """`epoch` was added within version 1: a v1 message without it is still valid, of epoch 0."""
+    old_book = b'{"v":1,"type":"book","instrument":"X","seq":9,"ts":1,"pts":2,"bids":[],"asks":[],"checksum":0}'
+    old_trade = b'{"v":1,"type":"trade","instrument":"X","seq":9,"ts":1,"price":1.0,"size":1.0,"side":"buy"}'
+    for payload in (old_book, old_trade):
+        assert schema.decode(payload)["epoch"] == 0
+        assert schema.peek_epoch(payload) == 0 and schema.peek_order(payload) == (0, 9)
 
 
 @pytest.mark.parametrize(
@@ -86,6 +99,9 @@ def test_round_trip_through_decode() -> None:
         (b'{"v":1,"type":"trade","instrument":"X","seq":1,"ts":1,"price":1}', "trade message lacks size, side"),
         (b'{"v":1,"type":"trade","instrument":"X","seq":"1","ts":1,"price":1,"size":1,"side":"buy"}', "seq must be an integer"),
         (b'{"v":1,"type":"trade","instrument":1,"seq":1,"ts":1,"price":1,"size":1,"side":"buy"}', "instrument a string"),
+        (b'{"v":1,"type":"trade","instrument":"X","seq":1,"ts":1,"epoch":"7","price":1,"size":1,"side":"buy"}', "epoch must be"),
+        (b'{"v":1,"type":"trade","instrument":"X","seq":1,"ts":1,"epoch":-7,"price":1,"size":1,"side":"buy"}', "epoch must be"),
+        (b'{"v":1,"type":"trade","instrument":"X","seq":1,"ts":1,"epoch":true,"price":1,"size":1,"side":"buy"}', "epoch must be"),
     ],
 )
 def test_decode_errors(payload: bytes, reason: str) -> None:
@@ -110,6 +126,22 @@ def test_peek_seq_on_encoded_messages() -> None:
     assert schema.peek_seq(schema.encode_book(EUR, book, 25, 1, 2, 0)) == 0
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    inst=st.sampled_from(DEFAULT_INSTRUMENTS),
+    epoch=st.integers(min_value=0, max_value=2**64 - 1),
+    seq=st.integers(min_value=0, max_value=2**64 - 1),
+    ts=st.integers(min_value=0, max_value=2**63 - 1),
+)
+def test_peek_order_reads_what_the_encoders_wrote(inst: Instrument, epoch: int, seq: int, ts: int) -> None:
+    book = book_of(inst, seq, [(1, 1)], [(2, 1)], epoch=epoch)
+    for payload in (schema.encode_book(inst, book, 25, ts, ts, 0), schema.encode_trade(inst, seq, ts, 1, 1, ASK, epoch)):
+        assert schema.peek_order(payload) == (epoch, seq)
+        assert schema.peek_epoch(payload) == epoch and schema.peek_seq(payload) == seq
+        msg = schema.decode(payload)
+        assert (msg["epoch"], msg["seq"]) == (epoch, seq)
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"", b"garbage", b'{"v":2,"seq":1}', b'{"v":1,"type":"book"}', b'{"v":1,"seq":"7"}', b'{"v":1,"seq":-1}', b'{"v":1,"seq":'],
@@ -117,6 +149,16 @@ def test_peek_seq_on_encoded_messages() -> None:
 def test_peek_seq_on_garbage(payload: bytes) -> None:
     with pytest.raises(MessageError):
         schema.peek_seq(payload)
+    with pytest.raises(MessageError):
+        schema.peek_order(payload)
+
+
+@pytest.mark.parametrize("payload", [b"", b"garbage", b'{"v":2,"seq":1,"epoch":1}', b'{"v":1,"seq":1,"epoch":"7"}', b'{"v":1,"seq":1,"epoch":-1}'])
+def test_peek_epoch_on_garbage(payload: bytes) -> None:
+    with pytest.raises(MessageError):
+        schema.peek_epoch(payload)
+    with pytest.raises(MessageError):
+        schema.peek_order(payload)
 
 
 def test_keys() -> None:

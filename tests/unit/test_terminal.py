@@ -57,6 +57,7 @@ def test_one_update_per_changed_instrument_per_batch_with_decimals() -> None:
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert orjson.loads(line) == {
         "instrument": "BTC-USD",
+        "epoch": 0,
         "seq": 12,
         "ts": 1_012,
         "bid": 65000.0,
