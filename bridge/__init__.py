@@ -1,6 +1,11 @@
-"""The FastAPI bridge: Redis pub/sub in, WebSocket clients out.
+"""The FastAPI bridge: Redis pub/sub in, WebSocket clients out; stateless, start as many as you like.
 
-`bridge.app` holds the routes and the server entry (`create_app`, `run`);
-`bridge.hub` owns the Redis subscriptions and the local sockets; `bridge.sockets`
-is the per-socket latest-only sender; `bridge.metrics` the Prometheus view of it all.
+It may import the core of `marketdata` (schema, instruments, errors, settings, logs,
+backoff, clock), never another role (`marketdata.sim`, `.ingest`, `.client`,
+`.loadtest`, `.supervisor`): Redis is its only link to the ingestor.
+
+Rooms: `app` (routes, server), `endpoints`, `control`, `origins` (the WebSockets);
+`hub`, `topic`, `fanout` (sockets, channels, the hot path); `bus`, `subscriptions`,
+`feed_state`, `instrument_list` (Redis); `latest_slot`, `frames`, `transport` (a
+socket's way out); `metrics`, `tasks`. docs/architecture.md has the whole layout.
 """

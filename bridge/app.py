@@ -1,7 +1,7 @@
 """The bridge's FastAPI app and server: `create_app(settings)` and `run(settings)`.
 
 Routes: GET / (the dashboard), /api/instruments, /api/book/{id}, /healthz, /readyz,
-/metrics, /static, and the WebSockets /ws/market_data/{id} and /ws (bridge.ws).
+/metrics, /static, and the WebSockets /ws/market_data/{id} and /ws (bridge.endpoints).
 The hub (bridge.hub) lives in the app's lifespan: Redis connections open on
 startup and close on shutdown, and every socket is closed 1001 before uvicorn
 stops (uvicorn alone would send 1012).
@@ -26,14 +26,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import TemplateNotFound
-from redis.exceptions import RedisError
 from starlette.routing import WebSocketRoute
 
 import web
-from bridge import protocol
+from bridge import control
+from bridge.bus import REDIS_ERRORS
+from bridge.endpoints import (
+    GOING_AWAY,
+    KeepRawSend,
+    MarketDataSocket,
+    MultiplexedSocket,
+)
 from bridge.hub import Hub
 from bridge.metrics import CONTENT_TYPE, Gauges, Metrics, Stats
-from bridge.ws import GOING_AWAY, KeepRawSend, MarketDataSocket, MultiplexedSocket
 from marketdata import __version__
 from marketdata.errors import UnknownInstrument
 from marketdata.settings import BridgeSettings
@@ -104,7 +109,7 @@ def create_app(settings: BridgeSettings, *, raw_frames: bool = True) -> FastAPI:
         if hub.instruments_json == b"[]":
             try:
                 await hub.refresh_instruments()
-            except (RedisError, OSError):
+            except REDIS_ERRORS:
                 pass  # answer with what we have
         return Response(hub.instruments_json, media_type="application/json")
 
@@ -115,13 +120,13 @@ def create_app(settings: BridgeSettings, *, raw_frames: bool = True) -> FastAPI:
         try:
             await hub.lookup(instrument)
         except UnknownInstrument:
-            return JSONResponse({"detail": protocol.unknown_instrument(instrument)}, status_code=404)
+            return JSONResponse({"detail": control.unknown_instrument(instrument)}, status_code=404)
         try:
             payload = await hub.book(instrument)
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             return JSONResponse({"detail": "redis unreachable"}, status_code=503, headers={"Retry-After": "1"})
         if payload is None:
-            detail = f"no book published yet for {protocol.shown(instrument)}"
+            detail = f"no book published yet for {control.shown(instrument)}"
             return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
         return Response(payload, media_type="application/json")
 

@@ -27,7 +27,6 @@ VERSION = 1
 DEFAULT_PREFIX = "md"
 DEFAULT_DEPTH = 25
 MIN_DEPTH = 10  # the checksum covers 10 levels a side; a reader needs them to verify
-TRADES_HISTORY = 50
 MAX_MESSAGE_BYTES = 64 * 1024
 
 

@@ -26,8 +26,8 @@ from websockets.uri import parse_uri
 
 from bridge.app import BridgeServer, build_server, create_app
 from bridge.hub import Hub
+from bridge.latest_slot import LatestSlot
 from bridge.metrics import Stats
-from bridge.sockets import Outbox
 from marketdata import schema
 from marketdata.book import OrderBook
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument, select
@@ -265,7 +265,7 @@ def test_a_slow_socket_conflates_and_is_closed_without_slowing_a_fast_one(start_
         topic = bridge.hub.topic(BOOK.encode())
         assert topic is not None
         slow_box, fast_box = list(topic.sinks)  # in the order they joined
-        assert isinstance(slow_box, Outbox) and isinstance(fast_box, Outbox)
+        assert isinstance(slow_box, LatestSlot) and isinstance(fast_box, LatestSlot)
         big = snapshot(0, levels=1500)  # about 60 KB
         seq = 0
 

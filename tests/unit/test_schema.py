@@ -203,3 +203,13 @@ def test_json_numbers_convert_back_to_exact_integers(inst: Instrument, ticks: in
     assert Decimal(text) == ticks * Decimal(inst.tick_size), text
     text = payload.split(b'"size":', 1)[1].split(b",", 1)[0].decode()
     assert Decimal(text) == lots * Decimal(inst.lot_size), text
+
+
+def test_schema_reads_the_instrument_list_and_heartbeat() -> None:
+    assert schema.decode_instruments(schema.encode_instruments(DEFAULT_INSTRUMENTS))[0].id == "BTC-USD"
+    assert schema.heartbeat_ts(schema.encode_heartbeat(42, "x")) == 42
+    for bad in (b"nope", b"{}", b'[{"id":"A"}]'):
+        with pytest.raises(MessageError):
+            schema.decode_instruments(bad)
+    with pytest.raises(MessageError):
+        schema.heartbeat_ts(b'{"ts":"soon"}')

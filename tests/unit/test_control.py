@@ -1,12 +1,12 @@
-"""The bridge's WebSocket protocol: client requests parsed, answers encoded."""
+"""The control messages of the WebSocket protocol: client ops parsed, answers encoded."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from bridge import protocol
-from bridge.protocol import Ping, RequestError, Subscribe, Unsubscribe, parse_request
+from bridge import control
+from bridge.control import Ping, RequestError, Subscribe, Unsubscribe, parse_request
 
 
 def test_requests() -> None:
@@ -38,21 +38,21 @@ def test_bad_requests_name_what_is_wrong(frame: str, code: str, says: str) -> No
 
 
 def test_answers() -> None:
-    assert orjson.loads(protocol.subscribed(("A",))) == {"type": "subscribed", "instruments": ["A"]}
-    assert orjson.loads(protocol.unsubscribed(("A",))) == {"type": "unsubscribed", "instruments": ["A"]}
-    assert orjson.loads(protocol.PONG) == {"type": "pong"}
-    assert orjson.loads(protocol.error("bad_json", "x")) == {"type": "error", "error": "bad_json", "message": "x"}
-    assert orjson.loads(protocol.feed(False, 5, "heartbeat stale")) == {"type": "feed", "live": False, "since": 5, "reason": "heartbeat stale"}
-    assert protocol.unknown_instrument("X") == "unknown instrument 'X'"
-    assert len(protocol.unknown_instrument("Y" * 500)) < 100  # fits a close reason (123 bytes)
+    assert orjson.loads(control.subscribed(("A",))) == {"type": "subscribed", "instruments": ["A"]}
+    assert orjson.loads(control.unsubscribed(("A",))) == {"type": "unsubscribed", "instruments": ["A"]}
+    assert orjson.loads(control.PONG) == {"type": "pong"}
+    assert orjson.loads(control.error("bad_json", "x")) == {"type": "error", "error": "bad_json", "message": "x"}
+    assert orjson.loads(control.feed(False, 5, "heartbeat stale")) == {"type": "feed", "live": False, "since": 5, "reason": "heartbeat stale"}
+    assert control.unknown_instrument("X") == "unknown instrument 'X'"
+    assert len(control.unknown_instrument("Y" * 500)) < 100  # fits a close reason (123 bytes)
 
 
 @pytest.mark.parametrize("query, expected", [(b"", 0), (b"batch_ms=0", 0), (b"batch_ms=16", 16), (b"x=1&batch_ms=1000", 1000)])
 def test_batch_ms(query: bytes, expected: int) -> None:
-    assert protocol.batch_ms(query) == expected
+    assert control.batch_ms(query) == expected
 
 
 @pytest.mark.parametrize("query", [b"batch_ms=", b"batch_ms=-5", b"batch_ms=1001", b"batch_ms=1.5", b"batch_ms=%C2%B2", b"batch_ms=" + b"9" * 5000])
 def test_a_bad_batch_ms_says_what_is_allowed(query: bytes) -> None:
-    with pytest.raises(protocol.RequestError, match="from 0 to 1000"):
-        protocol.batch_ms(query)
+    with pytest.raises(control.RequestError, match="from 0 to 1000"):
+        control.batch_ms(query)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.ws import OriginPolicy
+from bridge.origins import OriginPolicy
 
 
 @pytest.mark.parametrize(

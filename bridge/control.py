@@ -1,7 +1,7 @@
-"""The bridge's WebSocket protocol: client requests in, server control messages out.
+"""The control messages of the bridge's WebSocket protocol: client ops in, JSON answers out.
 
-Pure code: bytes or text in, values or bytes out. Book and trade messages are not
-here; they go out as the exact bytes Redis delivered (see bridge.hub).
+Pure code: bytes or text in, values or bytes out. Book and trade messages are the
+data, not control: they go out as the exact bytes Redis delivered (see bridge.fanout).
 
 Client requests on the multiplexed socket (/ws)::
 
@@ -10,7 +10,7 @@ Client requests on the multiplexed socket (/ws)::
     {"op":"ping"}
 
 Server answers: subscribed, unsubscribed, pong, error (codes bad_json,
-bad_request, unknown_instrument) and feed; see DESIGN.md and the README.
+bad_request, unknown_instrument) and feed; see docs/architecture.md and the README.
 `/ws?batch_ms=N` makes the socket send, every N ms, one frame
 `{"type":"batch","messages":[...]}` holding those messages in order.
 """

@@ -1,0 +1,96 @@
+"""Whether the feed a bridge relays is live, and why not: what /readyz and every socket's `feed` message say.
+
+Three inputs make the verdict: Redis reachable (the bus polls it about once a
+second), the pub/sub connection up, and the age of the ingestor's heartbeat key.
+`FeedState` holds them and reports each change of the verdict, never a repeat.
+No I/O here: the bus feeds it what it saw and a clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from marketdata.errors import MessageError
+from marketdata.schema import heartbeat_ts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """Whether the feed is live, since when (µs since the epoch), and why not."""
+
+    live: bool
+    since: int
+    reason: str
+
+
+def feed_reason(redis_ok: bool, bus_up: bool, heartbeat: bytes | None, now_us: int, stale_after: float) -> str | None:
+    """Why the feed is not live, or None when it is."""
+    if not redis_ok:
+        return "redis unreachable"
+    if not bus_up:
+        return "redis pub/sub not connected"
+    if heartbeat is None:
+        return "no heartbeat from the ingestor"
+    try:
+        ts = heartbeat_ts(heartbeat)
+    except MessageError:
+        return None  # unreadable, but the key lives only while the ingestor refreshes it
+    if now_us - ts > stale_after * 1_000_000:
+        return "heartbeat stale"
+    return None
+
+
+class FeedState:
+    """The inputs of the verdict and the verdict itself (`feed`); `changed` hears every new one.
+
+    `clock` gives wall time in µs since the epoch. While `holding` (the bus's start),
+    inputs are recorded but no verdict is made: one after the first poll and connect,
+    not one per step.
+    """
+
+    def __init__(self, stale_after: float, clock: Callable[[], int], changed: Callable[[Feed], None]) -> None:
+        self._stale_after = stale_after
+        self._clock = clock
+        self._changed = changed
+        self.redis_ok = False
+        self.bus_up = False
+        self.heartbeat: bytes | None = None
+        self.holding = False
+        self.feed = Feed(False, clock(), "starting")
+
+    def polled(self, heartbeat: bytes | None) -> None:
+        """Redis answered the poll; `heartbeat` is the key's value (None: no key)."""
+        self.redis_ok = True
+        self.heartbeat = heartbeat
+        self.update()
+
+    def unreachable(self) -> None:
+        self.redis_ok = False
+        self.update()
+
+    def connected(self, up: bool) -> None:
+        """The pub/sub connection went up or down."""
+        self.bus_up = up
+        self.update()
+
+    def update(self) -> None:
+        """Make the verdict again (the heartbeat ages with the clock) and report it if it changed."""
+        if self.holding:
+            return
+        now_us = self._clock()
+        reason = feed_reason(self.redis_ok, self.bus_up, self.heartbeat, now_us, self._stale_after)
+        live = reason is None
+        reason = reason or "live"
+        if live == self.feed.live and reason == self.feed.reason:
+            return
+        was_live = self.feed.live
+        self.feed = Feed(live, now_us, reason)
+        if live:
+            log.info("feed live")
+        else:
+            log.log(logging.WARNING if was_live else logging.INFO, "feed not live: %s", reason)
+        self._changed(self.feed)

@@ -1,0 +1,56 @@
+"""WebSocket frames as the bridge writes them: made once per message, shared by every socket.
+
+Pure code: bytes in, bytes out. A message from Redis becomes one `Message` whose
+text frame (RFC 6455 5.2, unmasked, as a server sends it) is built once, however
+many sockets get it. A batched socket (`/ws?batch_ms=N`) gets one frame holding
+several payloads, `{"type":"batch","messages":[...]}`, made by `batch_body`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+_BATCH_HEAD = b'{"type":"batch","messages":['
+_BATCH_TAIL = b"]}"
+
+
+def text_frame(payload: bytes) -> bytes:
+    """`payload` as one unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    return head + payload
+
+
+def batch_body(payloads: Iterable[bytes]) -> bytes:
+    """The JSON of one batch frame: the payloads exactly as published, in order."""
+    return _BATCH_HEAD + b",".join(payloads) + _BATCH_TAIL
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """One message as every socket gets it: the bytes as published, framed once."""
+
+    seq: int
+    payload: bytes
+    frame: bytes
+    received: float  # loop time of arrival, for the latency histogram
+    reset: bool = False  # the feed's sequence went back: receivers forget what they had
+    _event: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, payload: bytes, seq: int = 0, received: float = 0.0, reset: bool = False) -> Message:
+        return cls(seq, payload, text_frame(payload), received, reset)
+
+    def event(self) -> dict[str, Any]:
+        """The ASGI send event, made on first use and shared by every socket."""
+        if self._event is None:
+            self._event = {"type": "websocket.send", "text": self.payload.decode()}
+        return self._event

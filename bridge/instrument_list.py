@@ -1,0 +1,55 @@
+"""The instrument list as the ingestor published it: the ids a request may name, and the JSON /api/instruments serves.
+
+The bus reloads it every few seconds and, at most once a second, when a request
+names an id it does not know (a new instrument appears without a bridge restart).
+A list that does not decode is logged and ignored: the bridge keeps what it had.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+from marketdata.errors import MessageError
+from marketdata.logs import Throttled
+from marketdata.schema import decode_instruments
+
+log = logging.getLogger(__name__)
+
+
+class InstrumentList:
+    """The listed ids and their JSON, read from `key`; `clock` is the event loop's time."""
+
+    def __init__(self, redis: Redis, key: str, clock: Callable[[], float]) -> None:
+        self._redis = redis
+        self._key = key
+        self._clock = clock
+        self._ids: frozenset[str] = frozenset()
+        self.json = b"[]"
+        self._loaded_at = -math.inf
+        self._bad = Throttled(log)
+
+    def __contains__(self, instrument: str) -> bool:
+        return instrument in self._ids
+
+    def due(self, every: float) -> bool:
+        """True when the last load began `every` seconds ago or more."""
+        return self._clock() - self._loaded_at >= every
+
+    async def load(self) -> None:
+        """Read the list from Redis (raises Redis's errors); keep the old one if none or a bad one is there."""
+        self._loaded_at = self._clock()
+        raw = await self._redis.get(self._key)
+        if raw is None or raw == self.json:
+            return  # none published yet (or Redis restarted empty): keep what we had
+        try:
+            listed = decode_instruments(raw)
+        except MessageError as exc:
+            self._bad(logging.WARNING, "ignored a bad instrument list in %s: %s", self._key, exc)
+            return
+        self._ids = frozenset(i.id for i in listed)
+        self.json = raw
+        log.info("instruments: %s", ", ".join(i.id for i in listed) or "none")

@@ -1,0 +1,61 @@
+"""What the bridge's unit tests share: messages as the ingestor publishes them, and a socket that records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from bridge.frames import Message
+from marketdata import schema
+from marketdata.book import OrderBook
+from marketdata.instruments import Instrument, select
+
+BTC, ETH = select(["BTC-USD", "ETH-USD"])
+BOOK = b"md:book:BTC-USD"
+TRADES = b"md:trades:BTC-USD"
+
+
+def snapshot(seq: int, inst: Instrument = BTC) -> bytes:
+    book = OrderBook(inst.id)
+    mid = inst.reference_ticks
+    book.reset(seq, [(mid - 1 - i, 3 + i) for i in range(10)], [(mid + 1 + i, 2 + i) for i in range(10)])
+    return schema.encode_book(inst, book, 25, ts=seq, pts=seq, checksum=book.checksum())
+
+
+def trade(seq: int) -> bytes:
+    return schema.encode_trade(BTC, seq, ts=seq, price=BTC.reference_ticks, size=5, aggressor=0)
+
+
+@dataclass(eq=False)
+class Sink:
+    """Records what the hub hands a socket."""
+
+    books: list[tuple[bytes, int]] = field(default_factory=list)
+    trades: list[tuple[bytes, int]] = field(default_factory=list)
+    feeds: list[dict[str, object]] = field(default_factory=list)
+    forgotten: list[bytes] = field(default_factory=list)
+    stuck_since: float | None = None
+    slow_closed: bool = False
+    closed: int | None = None
+
+    def offer(self, key: bytes, msg: Message) -> None:
+        self.books.append((key, msg.seq))
+
+    def offer_trade(self, key: bytes, msg: Message) -> None:
+        self.trades.append((key, msg.seq))
+
+    def offer_feed(self, msg: Message) -> None:
+        self.feeds.append(orjson.loads(msg.payload))
+
+    def forget(self, key: bytes) -> None:
+        self.forgotten.append(key)
+
+    def close_slow(self) -> None:
+        self.slow_closed = True
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed = code
+
+    def seqs(self) -> list[int]:
+        return [seq for _, seq in self.books]

@@ -1,0 +1,35 @@
+"""The feed state: why a feed is not live, and a report for each change of the verdict, never a repeat."""
+
+from __future__ import annotations
+
+from bridge.feed_state import Feed, FeedState, feed_reason
+from marketdata import schema
+
+
+def test_feed_reason() -> None:
+    beat = schema.encode_heartbeat(1_000_000_000, "x")
+    assert feed_reason(True, True, beat, 1_000_000_000 + 2_000_000, 3.0) is None
+    assert feed_reason(True, True, beat, 1_000_000_000 + 4_000_000, 3.0) == "heartbeat stale"
+    assert feed_reason(True, True, None, 0, 3.0) == "no heartbeat from the ingestor"
+    assert feed_reason(False, True, beat, 0, 3.0) == "redis unreachable"
+    assert feed_reason(True, False, beat, 0, 3.0) == "redis pub/sub not connected"
+    assert feed_reason(True, True, b"junk", 0, 3.0) is None  # the key lives only while refreshed
+
+
+def test_each_change_is_reported_once_and_none_while_holding() -> None:
+    now = [5_000_000]
+    heard: list[Feed] = []
+    state = FeedState(3.0, lambda: now[0], heard.append)
+    assert state.feed == Feed(False, 5_000_000, "starting")
+    state.holding = True
+    state.polled(schema.encode_heartbeat(5_000_000, "x"))
+    state.connected(True)
+    assert heard == []
+    state.holding = False
+    state.update()
+    state.update()
+    assert heard == [Feed(True, 5_000_000, "live")]
+    now[0] += 4_000_000  # the heartbeat ages without a refresh
+    state.update()
+    state.unreachable()
+    assert [(f.live, f.since, f.reason) for f in heard[1:]] == [(False, 9_000_000, "heartbeat stale"), (False, 9_000_000, "redis unreachable")]
