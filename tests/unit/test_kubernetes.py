@@ -1,10 +1,8 @@
-"""The Kubernetes manifests are valid Kubernetes and agree with the CLI and the bridge.
+"""The Kubernetes manifests are valid Kubernetes (offline schemas) and agree with the CLI and the bridge.
 
-Offline: kubernetes-validate ships the API schemas. The resources are checked as written
-(the files deploy/kubernetes/kustomization.yaml lists) and, where kubectl is on PATH, as
+Checked as written (the files kustomization.yaml lists) and, where kubectl is on PATH, as
 `kubectl kustomize` builds them, with and without the managed-redis component. Each check
-is a function returning the problems it finds; `test_each_check_sees_a_made_up_break`
-breaks a copy of the manifests once per check to show that it can fail.
+returns the problems it finds; a made-up break per check shows that it can fail.
 """
 
 from __future__ import annotations
@@ -29,8 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 IMAGE = "marketdata-fanout"
 OLDEST = "1.27"  # native gRPC probes are GA from Kubernetes 1.27
-# Settings the manifests set for work landing in parallel (the hot-standby ingestor's metrics
-# port, the bridge's worker processes): checked like any other once the CLI has them.
+# Set for work landing in parallel (standby ingestor's metrics, bridge workers): checked once the CLI has them.
 PENDING = {"ingest": {"MD_INGEST_METRICS_PORT"}, "bridge": {"MD_BRIDGE_WORKERS"}}
 # The CLI's name for each port a role listens on, and the containerPort name it must match.
 LISTEN = {"sim": ("MD_SIM_PORT", "grpc"), "bridge": ("MD_BRIDGE_PORT", "http"), "ingest": ("MD_INGEST_METRICS_PORT", "metrics")}
@@ -55,9 +52,7 @@ def _kustomize(folder: Path, managed_redis: bool) -> Resources:
         pytest.skip("kubectl is not on PATH: the kustomize build is checked where it is")
     shutil.copytree(K8S, folder)
     if managed_redis:
-        k = _kustomization()
-        k["components"] = ["managed-redis"]
-        (folder / "kustomization.yaml").write_text(yaml.safe_dump(k))
+        (folder / "kustomization.yaml").write_text(yaml.safe_dump({**_kustomization(), "components": ["managed-redis"]}))
     out = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, f"kubectl kustomize failed: {out.stderr}"
     return _docs(out.stdout)
@@ -65,9 +60,8 @@ def _kustomize(folder: Path, managed_redis: bool) -> Resources:
 
 @pytest.fixture(scope="module", params=["manifests", "kustomize", "kustomize+managed-redis"])
 def resources(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Resources:
-    if request.param == "manifests":
-        return _manifests()
-    return _kustomize(tmp_path_factory.mktemp("k") / "kubernetes", managed_redis=request.param.endswith("redis"))
+    folder = tmp_path_factory.mktemp("k") / "kubernetes"
+    return _manifests() if request.param == "manifests" else _kustomize(folder, request.param.endswith("redis"))
 
 
 # -- reading the resources ---------------------------------------------------------------
@@ -101,9 +95,7 @@ def _port(c: dict, ref: int | str) -> int | None:
 
 
 def _probes(c: dict) -> Iterator[tuple[str, dict]]:
-    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
-        if kind in c:
-            yield kind, c[kind]
+    return ((kind, c[kind]) for kind in ("readinessProbe", "livenessProbe", "startupProbe") if kind in c)
 
 
 def _known(command: str) -> set[str]:
@@ -111,15 +103,18 @@ def _known(command: str) -> set[str]:
     return set(re.findall(r"env (MD_\w+);", text))
 
 
+def _first(res: Resources, kind: str) -> dict:
+    return next(r for r in res if r["kind"] == kind)
+
+
 def _matches(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
 def _quantity(text: str | int) -> float:
-    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9}
-    m = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(text))
+    m = re.fullmatch(r"([0-9.]+)(m|Ki|Mi|Gi|)", str(text))
     assert m, f"unreadable quantity {text!r}"
-    return float(m[1]) * units.get(m[2], 1)
+    return float(m[1]) * {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}.get(m[2], 1)
 
 
 # -- the checks: each returns what is wrong ------------------------------------------------
@@ -236,9 +231,7 @@ def routes(res: Resources) -> list[str]:
 def grace(res: Resources) -> list[str]:
     uvicorn_grace = build_server(BridgeSettings(), create_app(BridgeSettings())).config.timeout_graceful_shutdown or 0
     bad = []
-    for pod, c, role in _ours(res):
-        if role != "bridge":
-            continue
+    for pod, c, _ in (o for o in _ours(res) if o[2] == "bridge"):
         stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
         pre = float(stop[1]) if stop[:1] == ["sleep"] else 0.0
         needed = pre + STUCK_GRACE + uvicorn_grace
@@ -256,7 +249,8 @@ def security(res: Resources) -> list[str]:
             bad.append(f"{name}: pod must run as a non-root uid without a service account token")
         for c in spec["containers"] + spec.get("initContainers", []):
             s = c.get("securityContext", {})
-            if s.get("allowPrivilegeEscalation") is not False or s.get("readOnlyRootFilesystem") is not True or s.get("capabilities", {}).get("drop") != ["ALL"]:
+            locked = (s.get("allowPrivilegeEscalation"), s.get("readOnlyRootFilesystem"), s.get("capabilities", {}).get("drop"))
+            if locked != (False, True, ["ALL"]):
                 bad.append(f"{name}/{c['name']}: needs allowPrivilegeEscalation false, readOnlyRootFilesystem, drop ALL")
             r = c.get("resources", {})
             for key in ("cpu", "memory"):
@@ -284,15 +278,13 @@ def references(res: Resources) -> list[str]:
                     bad.append(f"{c['name']}: {e['name']} needs key {ref['key']} of Secret {ref['name']}")
     for r in res:
         spec = r.get("spec", {})
-        if r["kind"] == "PodDisruptionBudget" and not any(_matches(spec["selector"]["matchLabels"], p["metadata"]["labels"]) for _, p in _pods(res)):
+        covered = [p for _, p in _pods(res) if _matches(spec.get("selector", {}).get("matchLabels", {}), p["metadata"]["labels"])]
+        if r["kind"] == "PodDisruptionBudget" and not covered:
             bad.append(f"PodDisruptionBudget {r['metadata']['name']} covers no pod")
         if r["kind"] == "HorizontalPodAutoscaler" and (spec["scaleTargetRef"]["kind"], spec["scaleTargetRef"]["name"]) not in names:
             bad.append(f"HorizontalPodAutoscaler {r['metadata']['name']} scales nothing")
-        if r["kind"] == "Ingress":
-            for rule in spec["rules"]:
-                for path in rule["http"]["paths"]:
-                    if ("Service", path["backend"]["service"]["name"]) not in names:
-                        bad.append(f"Ingress {r['metadata']['name']}: no Service {path['backend']['service']['name']}")
+        backends = [p["backend"]["service"]["name"] for rule in spec.get("rules", ()) for p in rule["http"]["paths"]]
+        bad += [f"Ingress {r['metadata']['name']}: no Service {b}" for b in backends if ("Service", b) not in names]
     return bad
 
 
@@ -306,7 +298,9 @@ def ingress(res: Resources) -> list[str]:
     return bad
 
 
-CHECKS: list[Callable[[Resources], list[str]]] = [commands, environment, no_secret_in_argv, ports, addresses, routes, grace, security, references, ingress]
+CHECKS: list[Callable[[Resources], list[str]]] = [
+    commands, environment, no_secret_in_argv, ports, addresses, routes, grace, security, references, ingress,
+]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda f: f.__name__)
@@ -318,32 +312,32 @@ def _container(res: Resources, role: str) -> dict:
     return next(c for _, c, r in _ours(res) if r == role)
 
 
-BREAKS: dict[str, Callable[[Resources], object]] = {
-    "commands": lambda res: _container(res, "bridge")["command"].__setitem__(1, "bridges"),
-    "environment": lambda res: _container(res, "sim")["env"].append({"name": "MD_NO_SUCH_SETTING", "value": "1"}),
-    "no_secret_in_argv": lambda res: _container(res, "ingest").__setitem__("args", ["--redis-url", "$(REDIS_INGEST_PASSWORD)"]),
-    "ports": lambda res: _container(res, "bridge")["ports"][0].__setitem__("containerPort", 8001),
-    "addresses": lambda res: _container(res, "ingest")["env"].append({"name": "MD_SIM", "value": "sim:50052"}),
-    "routes": lambda res: _container(res, "bridge")["readinessProbe"]["httpGet"].__setitem__("path", "/ready"),
-    "grace": lambda res: next(p for p, _, r in _ours(res) if r == "bridge")["spec"].__setitem__("terminationGracePeriodSeconds", 8),
-    "security": lambda res: _container(res, "sim")["securityContext"].__setitem__("readOnlyRootFilesystem", False),
-    "references": lambda res: next(r for r in res if r["kind"] == "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].__setitem__("app.kubernetes.io/component", "brigde"),
-    "ingress": lambda res: next(r for r in res if r["kind"] == "Ingress")["metadata"]["annotations"].pop("nginx.ingress.kubernetes.io/proxy-read-timeout"),
-}
+def _password_last(res: Resources) -> None:
+    env = _container(res, "bridge")["env"]
+    env.append(env.pop(0))  # the password variable after the MD_REDIS_URL that uses it
 
 
-@pytest.mark.parametrize("check", CHECKS, ids=lambda f: f.__name__)
-def test_each_check_sees_a_made_up_break(check: Callable[[Resources], list[str]]) -> None:
+BREAKS: list[tuple[Callable[[Resources], list[str]], Callable[[Resources], object]]] = [
+    (commands, lambda res: _container(res, "bridge")["command"].__setitem__(1, "bridges")),
+    (environment, lambda res: _container(res, "sim")["env"].append({"name": "MD_NO_SUCH_SETTING", "value": "1"})),
+    (environment, _password_last),
+    (no_secret_in_argv, lambda res: _container(res, "ingest").__setitem__("args", ["--redis-url", "$(REDIS_INGEST_PASSWORD)"])),
+    (ports, lambda res: _container(res, "bridge")["ports"][0].__setitem__("containerPort", 8001)),
+    (addresses, lambda res: _container(res, "ingest")["env"].append({"name": "MD_SIM", "value": "sim:50052"})),
+    (routes, lambda res: _container(res, "bridge")["readinessProbe"]["httpGet"].__setitem__("path", "/ready")),
+    (grace, lambda res: next(p for p, _, r in _ours(res) if r == "bridge")["spec"].__setitem__("terminationGracePeriodSeconds", 8)),
+    (security, lambda res: _container(res, "sim")["securityContext"].__setitem__("readOnlyRootFilesystem", False)),
+    (references, lambda res: _first(res, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].update(app="none")),
+    (ingress, lambda res: _first(res, "Ingress")["metadata"]["annotations"].pop("nginx.ingress.kubernetes.io/proxy-read-timeout")),
+]
+
+
+@pytest.mark.parametrize(("check", "breaks"), BREAKS, ids=lambda f: f.__name__)
+def test_each_check_sees_a_made_up_break(check: Callable[[Resources], list[str]], breaks: Callable[[Resources], object]) -> None:
     broken = copy.deepcopy(_manifests())
-    BREAKS[check.__name__](broken)
+    breaks(broken)
     assert check(broken), f"{check.__name__} did not notice the break"
-
-
-def test_the_env_order_check_sees_a_url_before_its_password() -> None:
-    broken = copy.deepcopy(_manifests())
-    env = _container(broken, "bridge")["env"]
-    env.append(env.pop(0))  # the password variable after MD_REDIS_URL
-    assert any("before it is defined" in p for p in environment(broken))
+    assert {c for c, _ in BREAKS} == set(CHECKS)
 
 
 @pytest.mark.parametrize("version", [OLDEST, kubernetes_validate.latest_version()])
@@ -357,22 +351,21 @@ def test_every_resource_is_valid_kubernetes(resources: Resources, version: str) 
     assert errors == []
 
 
-def test_the_validator_rejects_unknown_fields_and_wrong_types() -> None:
-    bridge = next(r for r in _manifests() if r["kind"] == "Deployment" and r["metadata"]["name"] == "bridge")
-    typo, wrong = copy.deepcopy(bridge), copy.deepcopy(bridge)
-    typo["spec"]["replica"] = 2
-    wrong["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "thirty"
-    for r in (typo, wrong):
-        with pytest.raises(kubernetes_validate.ValidationError):
-            kubernetes_validate.validate(r, kubernetes_validate.latest_version(), strict=True)
+@pytest.mark.parametrize("path", [("spec", "replica"), ("spec", "template", "spec", "terminationGracePeriodSeconds")])
+def test_the_validator_rejects_unknown_fields_and_wrong_types(path: tuple[str, ...]) -> None:
+    broken = copy.deepcopy(_first(_manifests(), "Deployment"))
+    place = broken
+    for key in path[:-1]:
+        place = place[key]
+    place[path[-1]] = "thirty"  # `replica` is no field; a grace period is an integer
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
 
 
 def test_kustomization_lists_every_manifest() -> None:
     k = _kustomization()
-    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(k["resources"]) == on_disk
-    for generator in k.get("configMapGenerator", ()):
-        assert all((K8S / f).is_file() for f in generator["files"])
+    assert set(k["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert all((K8S / f).is_file() for g in k["configMapGenerator"] for f in g["files"])
 
 
 def test_managed_redis_component_patches_what_exists() -> None:
@@ -394,13 +387,13 @@ def test_managed_redis_component_patches_what_exists() -> None:
 
 
 def test_the_image_runs_as_the_pods_numeric_user() -> None:
-    user = re.findall(r"^USER\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
-    assert user and re.fullmatch(r"[1-9]\d*(:\d+)?", user[-1]), f"Dockerfile USER {user}: Kubernetes checks runAsNonRoot against a numeric uid"
-    for pod, _, role in _ours(_manifests()):
-        assert str(pod["spec"]["securityContext"]["runAsUser"]) == user[-1].split(":")[0], role
+    user = re.findall(r"^USER\s+([1-9]\d*)(?::\d+)?\s*$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert user, "Dockerfile: USER must be a numeric uid, which Kubernetes can check against runAsNonRoot"
+    assert {str(pod["spec"]["securityContext"]["runAsUser"]) for pod, _, _ in _ours(_manifests())} == {user[-1]}
 
 
 def test_the_example_secret_is_a_url_safe_placeholder() -> None:
     (secret,) = [r for r in _manifests() if r["kind"] == "Secret"]
     for key, value in secret["stringData"].items():
         assert value.startswith("replace-me") and re.fullmatch(r"[A-Za-z0-9._~-]+", value), key
+
