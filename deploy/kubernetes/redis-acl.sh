@@ -12,7 +12,9 @@
 # Nobody gets the dangerous commands (FLUSHALL, CONFIG, KEYS, DEBUG, CLIENT KILL, ...):
 # administer the server from inside its pod.
 #
-# Usage: redis-acl.sh [OUTPUT]   (default /acl/users.acl; MD_PREFIX, default md, is the key prefix)
+# Usage: redis-acl.sh [OUTPUT]   (default /acl/users.acl, - for standard output; MD_PREFIX,
+# default md, is the key prefix). For a Redis of your own, the lines are ACL SETUSER
+# arguments: redis-acl.sh - | sed 's/^user /ACL SETUSER /'
 set -eu
 
 out=${1:-/acl/users.acl}
@@ -37,13 +39,18 @@ channels="&${prefix}:*"
 # dangerous commands are taken away again after each grant.
 connect="-@all +@connection -@dangerous"
 
-umask 077
-tmp="$out.tmp"
-{
+lines() {
     echo "user default off resetpass nocommands resetkeys resetchannels"
     echo "user ingest on #$(hash "$REDIS_INGEST_PASSWORD") resetkeys resetchannels $keys $channels $connect +@read +@write +@pubsub +@scripting +@transaction -@dangerous"
     echo "user bridge on #$(hash "$REDIS_BRIDGE_PASSWORD") resetkeys resetchannels $read_keys $channels $connect +get +mget +exists +ttl +pttl +lrange +subscribe +ssubscribe +unsubscribe +sunsubscribe"
     echo "user inspect on #$(hash "$REDIS_INSPECT_PASSWORD") resetkeys resetchannels $read_keys $channels $connect +@read -@dangerous +subscribe +psubscribe +ssubscribe +unsubscribe +punsubscribe +sunsubscribe"
-} >"$tmp"
-mv "$tmp" "$out"
+}
+
+if [ "$out" = "-" ]; then
+    lines
+    exit 0
+fi
+umask 077
+lines >"$out.tmp"
+mv "$out.tmp" "$out"
 echo "redis-acl: wrote users default (off), ingest, bridge, inspect to $out"
