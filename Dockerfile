@@ -8,11 +8,15 @@ COPY proto proto
 COPY marketdata marketdata
 COPY bridge bridge
 COPY web web
-RUN pip install . && useradd --system --uid 10001 md
-USER md
+RUN pip install . \
+    && groupadd --system --gid 10001 md \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin md
+# Numeric, so that Kubernetes can check runAsNonRoot against the image without a passwd lookup.
+USER 10001:10001
 
 # Inside a container every role listens on all interfaces.
 ENV MD_SIM_HOST=0.0.0.0 MD_BRIDGE_HOST=0.0.0.0
-EXPOSE 8000 50051
+# 8000 bridge, 50051 simulator (gRPC), 9102 ingestor metrics
+EXPOSE 8000 50051 9102
 ENTRYPOINT ["marketdata"]
 CMD ["up", "--host", "0.0.0.0"]
