@@ -6,13 +6,15 @@ and stopping a child reaches whatever the child started in its group. On Linux t
 child also asks the kernel for SIGKILL the moment its parent dies
 (`prctl(PR_SET_PDEATHSIG)`), so not even `kill -9` of the parent leaves it running.
 The kernel sends that signal when the *thread* that forked the child ends, not the
-process: spawn from the main thread, or from a thread that lives as long as the
-children (an asyncio loop's own thread is fine, a short-lived executor thread is not).
+process, so it is armed only for children the main thread spawns (run an asyncio loop
+that spawns on the main thread, as `asyncio.run` does); a child spawned from another
+thread only leads its own session.
 
-macOS and the other systems have no parent-death signal. A parent that exits in
-order (any signal it can catch, a closed output pipe) still stops its children, but
-one killed with SIGKILL leaves them running, each in its own process group
-(`kill -- -PID` stops one together with anything it started).
+macOS and the other systems have no parent-death signal. A parent that stops its
+children before it exits (`up` does, on every signal it can catch and on a closed
+output pipe: SIGTERM to each child's process group) leaves nothing behind, but one
+killed with SIGKILL leaves them running, each in its own process group (`kill -- -PID`
+stops one together with anything it started).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,10 +80,14 @@ def _die_with(parent: int, prctl: Callable[..., int]) -> Callable[[], None]:
 
 def child_options() -> dict[str, Any]:
     """Keyword arguments for subprocess.Popen or asyncio.create_subprocess_exec that make a
-    child lead its own session and, on Linux, die with this process."""
+    child lead its own session and, on Linux, die with this process.
+
+    The parent-death signal is armed only when the main thread forks: from any other thread
+    it would fire when that thread ends (an executor's worker, say), not this process.
+    """
     options: dict[str, Any] = {"start_new_session": True}
     prctl = _prctl()
-    if prctl is not None:
+    if prctl is not None and threading.current_thread() is threading.main_thread():
         options["preexec_fn"] = _die_with(os.getpid(), prctl)
     return options
 
@@ -145,8 +152,13 @@ async def stop_async(proc: asyncio.subprocess.Process, grace: float = STOP_GRACE
     return await proc.wait()
 
 
-def _timed_out(timeout: float, what: str) -> ProcessError:
-    return ProcessError(f"timed out after {timeout:.1f} s waiting for {what}")
+def _give_up_if(deadline: float, timeout: float, what: str, check: Callable[[], str | None] | None) -> None:
+    """ProcessError when `check` gives a reason to stop waiting, or when the deadline has passed."""
+    reason = check() if check is not None else None
+    if reason:
+        raise ProcessError(f"{reason} while waiting for {what}")
+    if time.monotonic() > deadline:
+        raise ProcessError(f"timed out after {timeout:.1f} s waiting for {what}")
 
 
 def wait_until(
@@ -167,11 +179,7 @@ def wait_until(
         value = ready()
         if value:
             return value
-        reason = check() if check is not None else None
-        if reason:
-            raise ProcessError(f"{reason} while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise _timed_out(timeout, what)
+        _give_up_if(deadline, timeout, what, check)
         time.sleep(interval)
 
 
@@ -191,11 +199,7 @@ async def wait_until_async(
             value = await value
         if value:
             return value
-        reason = check() if check is not None else None
-        if reason:
-            raise ProcessError(f"{reason} while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise _timed_out(timeout, what)
+        _give_up_if(deadline, timeout, what, check)
         await asyncio.sleep(interval)
 
 

@@ -113,7 +113,7 @@ def check_ports(settings: UpSettings) -> None:
     if taken:
         held = ", ".join(f"port {p} is {describe_holder(p)}" for p, _ in taken)
         flags = " / ".join(dict.fromkeys(flag for _, flag in taken))
-        raise StartError(f"{held}; stop it or pass {flags}")
+        raise StartError(f"{held}; stop {'it' if len(taken) == 1 else 'them'} or pass {flags}")
 
 
 async def _healthy(host: str, port: int) -> bool:

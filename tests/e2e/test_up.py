@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -149,8 +150,14 @@ def _gone(process: psutil.Process) -> bool:
 
 
 def _assert_nothing_left(children: list[psutil.Process], ports: list[int]) -> None:
-    wait_for(lambda: all(map(_gone, children)), timeout=GONE_TIMEOUT,
-             what=f"the children of up to disappear (left: {[p.pid for p in children if not _gone(p)]})")
+    try:
+        wait_for(lambda: all(map(_gone, children)), timeout=GONE_TIMEOUT, what="the children of up to disappear")
+    except AssertionError as exc:
+        left = [p for p in children if not _gone(p)]
+        names = [f"{_role(p)} (pid {p.pid})" for p in left]
+        for p in left:  # the test failed: do not leave them to the next one
+            p.kill()
+        raise AssertionError(f"{exc}; left: {', '.join(names)}") from None
     for port in ports:
         wait_for(lambda port=port: is_free(port), timeout=GONE_TIMEOUT, what=f"port {port} to be released")
 
@@ -199,15 +206,20 @@ def test_up_serves_the_same_books_everywhere_and_ctrl_c_leaves_nothing(up: Up) -
 
 
 def _first_book_then_close_code(port: int, end: Callable[[], None]) -> int | None:
-    """Open a socket on the bridge, wait for a book, call `end`, and return the close code the bridge sent."""
+    """Open a socket on the bridge, wait for a book, call `end`, and return the close code the
+    bridge sent (None: closed without one, or still open after GONE_TIMEOUT)."""
     with connect_sync(f"ws://127.0.0.1:{port}/ws/market_data/BTC-USD", open_timeout=10) as ws:
         ws.recv(timeout=10)
         end()
+        deadline = time.monotonic() + GONE_TIMEOUT
         try:
-            while True:
+            while time.monotonic() < deadline:
                 ws.recv(timeout=GONE_TIMEOUT)
         except ConnectionClosed as exc:
             return exc.rcvd.code if exc.rcvd is not None else None
+        except TimeoutError:
+            pass
+        return None
 
 
 ENDINGS = {
@@ -231,7 +243,10 @@ def test_whatever_ends_up_no_child_and_no_port_is_left(start_up: Callable[..., U
     ports = [up.port, up.sim_port, up.redis_port]
 
     code = _first_book_then_close_code(up.port, lambda: ENDINGS[ending](up))
-    exit_code = up.proc.wait(GONE_TIMEOUT)
+    try:
+        exit_code = up.proc.wait(GONE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"up still runs {GONE_TIMEOUT:.0f} s after {ending}:\n{up.output}") from None
     _assert_nothing_left(children, ports)
     if ending == "kill-9":
         assert exit_code == -signal.SIGKILL
