@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import select
 import signal
@@ -25,13 +26,31 @@ from websockets.sync.client import connect as connect_sync
 
 from marketdata import schema
 from marketdata.supervisor import processes
-from marketdata.supervisor.ports import free_port, is_free
+from marketdata.supervisor.ports import is_free
 from marketdata.supervisor.redis_server import RedisServer
 from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
 GONE_TIMEOUT = 10.0  # seconds every child and port gets to disappear once `up` is told to stop
+
+
+def _quiet_ports(n: int) -> int:
+    """The first of `n` consecutive free ports below the ephemeral range.
+
+    The OS hands out ephemeral ports for port 0 and outgoing connections, so on a busy
+    machine one of them can be taken between the moment it is found free and the moment
+    `up` binds it; nobody is handed a port below that range.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except OSError:
+        low = 32768
+    for _ in range(100):
+        base = random.randrange(20000, low - n)
+        if all(is_free(base + i) for i in range(n)):
+            return base
+    raise AssertionError(f"no {n} consecutive free ports between 20000 and {low}")
 
 
 class Up:
@@ -43,10 +62,8 @@ class Up:
     """
 
     def __init__(self, bridges: int, log_path: Path, merged: bool = False) -> None:
-        self.port = free_port()
-        while not all(is_free(self.port + i) for i in range(bridges)):
-            self.port = free_port()
-        self.sim_port = free_port()
+        self.port = _quiet_ports(bridges)
+        self.sim_port = _quiet_ports(1)
         self.log_path = log_path
         args = ["--bridges", str(bridges), "--port", str(self.port), "--sim-port", str(self.sim_port), "--rate", "50"]
         with open(log_path, "wb") as log:
@@ -262,7 +279,7 @@ def test_whatever_ends_up_no_child_and_no_port_is_left(start_up: Callable[..., U
 
 @pytest.mark.parametrize("flag", ["--port", "--sim-port"])
 def test_up_refuses_a_held_port_in_one_line_naming_its_holder(redis_server: RedisServer, flag: str) -> None:
-    ports = {"--port": str(free_port()), "--sim-port": str(free_port()), flag: str(redis_server.port)}
+    ports = {"--port": str(_quiet_ports(1)), "--sim-port": str(_quiet_ports(1)), flag: str(redis_server.port)}
     proc = subprocess.run(
         [sys.executable, "-m", "marketdata", "up", "--bridges", "1", *[x for kv in ports.items() for x in kv]],
         capture_output=True, text=True, timeout=60, check=False,
