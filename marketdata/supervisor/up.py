@@ -14,6 +14,7 @@ also die with `up` when it is killed with SIGKILL (see processes.py; on macOS a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -83,10 +84,8 @@ class Child:
         code = await processes.stop_async(proc, STOP_TIMEOUT)
         log.info("%s stopped (exit code %d)", self.name, code)
         if self.pump is not None:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.pump, 1.0)
-            except asyncio.TimeoutError:
-                pass
 
 
 def plan(settings: UpSettings, redis_url: str, output: Output) -> list[Child]:
