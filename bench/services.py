@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ import redis
 from websockets.sync.client import connect
 
 from marketdata.supervisor.ports import free_port
+from marketdata.supervisor.processes import LoggedProcess, ProcessError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("ours", "ours-x2", "seed", "broadcaster", "socketio")
@@ -44,39 +43,40 @@ class ServiceError(RuntimeError):
 
 @dataclass(slots=True)
 class Service:
+    """One child process of the benchmark (it never outlives the benchmark: see
+    marketdata/supervisor/processes.py), its output in a log file, its CPU and RSS read by psutil."""
+
     name: str
     args: list[str]
     port: int | None = None  # ready once this port accepts connections
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+    process: LoggedProcess | None = None
     ps: psutil.Process | None = None
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc if self.process is not None else None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.process.log_path if self.process is not None else None
+
     def start(self, logs: Path) -> Service:
-        self.log_path = logs / f"{self.name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, *self.args], stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
-        self.ps = psutil.Process(self.proc.pid)
+        process = LoggedProcess(self.name, [sys.executable, *self.args], logs / f"{self.name}.log", env=env, cwd=ROOT)
+        self.process = process.start()
+        self.ps = psutil.Process(process.proc.pid)  # type: ignore[union-attr]  # started just above
         return self
 
     def wait_port(self, timeout: float = 30.0) -> None:
-        if self.port is None:
+        if self.port is None or self.process is None:
             return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServiceError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return
-            time.sleep(0.05)
-        raise ServiceError(f"{self.name} did not listen on port {self.port} within {timeout:.0f} s: {self.tail()}")
+        try:
+            self.process.wait_port(self.port, timeout)
+        except ProcessError as exc:
+            raise ServiceError(f"{exc}: {self.tail()}") from None
 
     def tail(self, lines: int = 5) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        return " | ".join(self.process.tail(lines)) if self.process is not None else ""
 
     def cpu(self) -> float:
         """CPU seconds (user + system) the process used so far."""
@@ -95,16 +95,8 @@ class Service:
         return 0
 
     def stop(self, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self.process is not None:
+            self.process.stop(timeout)
 
 
 @dataclass(slots=True)

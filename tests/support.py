@@ -1,42 +1,33 @@
-"""Helpers the tests share: waiting on conditions, and async servers on a background loop."""
+"""Helpers the tests share: waiting on conditions (the supervisor's deadlines, failing as tests do), and async servers on a background loop."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from marketdata.supervisor.processes import ProcessError, wait_until, wait_until_async
 
 T = TypeVar("T")
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> T:
     """Poll `predicate` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
+    try:
+        return wait_until(predicate, timeout, what, interval=interval)
+    except ProcessError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 async def async_wait_for(
     predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
 ) -> Any:
     """The asyncio twin of wait_for; `predicate` may be a coroutine function."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        await asyncio.sleep(interval)
+    try:
+        return await wait_until_async(predicate, timeout, what, interval=interval)
+    except ProcessError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 class BackgroundLoop:

@@ -10,15 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import redis
 
 from marketdata.errors import MarketDataError
 from marketdata.supervisor.ports import free_port
+from marketdata.supervisor.processes import STOP_GRACE, LoggedProcess, ProcessError
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,9 @@ class RedisServer:
     """One server process on 127.0.0.1, in its own temporary folder, persistence off.
 
     Use as a context manager, or call start() and stop(). restart() keeps the port, so
-    clients that reconnect find it again (the failure tests rely on that).
+    clients that reconnect find it again (the failure tests rely on that). The server is
+    a child that dies with this process, even on `kill -9` on Linux (see processes.py),
+    so start it from the main thread or one that lives as long as the server.
     """
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", binary: str | None = None) -> None:
@@ -59,7 +60,7 @@ class RedisServer:
         self.port = port or free_port(host)
         self.binary = binary or server_binary()
         self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process: LoggedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -67,76 +68,66 @@ class RedisServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._process.pid if self._process is not None else None
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._process is not None and self._process.alive
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="md-redis-")
+        folder = Path(self._dir.name)
         args = [
             self.binary,
             "--port", str(self.port),
             "--bind", self.host,
-            "--dir", self._dir.name,
+            "--dir", str(folder),
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
             "--loglevel", "warning",
-            "--logfile", str(Path(self._dir.name) / "server.log"),
+            "--logfile", str(folder / "server.log"),
         ]
-        # Its own session: a Ctrl-C in the terminal must not stop Redis before the
-        # processes that use it; whoever started it stops it last.
-        self._proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
-        self._wait_ready(timeout)
-        log.info("redis server %s listening on %s (pid %d)", Path(self.binary).name, self.url, self._proc.pid)
+        # Its own session (as every child of processes.spawn): a Ctrl-C in the terminal must
+        # not stop Redis before the processes that use it; whoever started it stops it last.
+        # What it prints before its log file opens (a bad argument) goes to output.log.
+        self._process = LoggedProcess("redis server", args, folder / "output.log").start()
+        self._wait_ready(self._process, timeout)
+        log.info("redis server %s listening on %s (pid %d)", Path(self.binary).name, self.url, self._process.pid)
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + timeout
+    def _wait_ready(self, process: LoggedProcess, timeout: float) -> None:
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
         try:
-            while True:
-                if self._proc.poll() is not None:
-                    err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
-                    raise RedisServerError(f"redis server exited at start (port {self.port}): {err or 'see its log'}")
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RedisServerError(f"redis server did not answer on port {self.port} within {timeout:.0f} s")
-                time.sleep(0.02)
+            process.wait_until(answers, timeout, f"it to answer on port {self.port}")
+        except ProcessError as exc:
+            exited = not process.alive
+            said = " | ".join(process.tail(5))
+            self.stop()
+            if exited:
+                raise RedisServerError(f"redis server exited at start (port {self.port}): {said or 'see its log'}") from None
+            raise RedisServerError(f"redis server did not answer on port {self.port} within {timeout:.0f} s") from exc
         finally:
             client.close()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    def stop(self, timeout: float = STOP_GRACE) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.stop(timeout)
 
     def kill(self) -> None:
         """Die abruptly, as a crashed server would."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-        self.stop()
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
 
     def restart(self, timeout: float = 10.0) -> None:
         self.stop()
@@ -149,7 +140,7 @@ class RedisServer:
             self._dir = None
 
     def __enter__(self) -> RedisServer:
-        return self.start() if self._proc is None else self
+        return self.start() if self._process is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

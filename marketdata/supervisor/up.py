@@ -2,8 +2,13 @@
 
 Starts the embedded Redis (unless --redis-url names one), the simulator, the
 ingestor and N bridges as child processes, prefixes their logs, prints where to
-look, restarts a child that dies, and on Ctrl-C stops everything in order,
-leaving no process and no port behind.
+look, and restarts a child that dies. Whatever ends `up` (Ctrl-C, SIGTERM, SIGHUP
+from a closed terminal, a closed output pipe), it stops everything in order: the
+bridges first (their sockets close with 1001), then the ingestor, the simulator,
+and Redis last, leaving no process and no port behind. The children lead their own
+process groups, so a Ctrl-C reaches only `up`, which keeps that order; on Linux they
+also die with `up` when it is killed with SIGKILL (see processes.py; on macOS a
+`kill -9` of `up` leaves them running).
 """
 
 from __future__ import annotations
@@ -16,17 +21,22 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from marketdata.errors import MarketDataError
 from marketdata.settings import UpSettings
-from marketdata.supervisor.ports import is_free
+from marketdata.supervisor import processes
+from marketdata.supervisor.output import Output
+from marketdata.supervisor.ports import describe_holder, is_free
 from marketdata.supervisor.redis_server import RedisServer
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX = 10.0
-STOP_TIMEOUT = 5.0
+STOP_TIMEOUT = 5.0  # seconds a child gets between SIGTERM and SIGKILL
+READY_TIMEOUT = 30.0  # seconds the bridges get to answer /healthz at start
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StartError(MarketDataError):
@@ -39,94 +49,133 @@ class Child:
 
     name: str
     args: list[str]
+    output: Output
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "marketdata", *self.args,
-            stdin=asyncio.subprocess.DEVNULL,
+        self.proc = await processes.spawn_async(
+            [sys.executable, "-m", "marketdata", *self.args],
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.started_at = time.monotonic()
         self.pump = asyncio.create_task(self._pump(self.proc), name=f"log-{self.name}")
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        # Drains the child's output for as long as it lives, even once nobody reads ours:
+        # a child blocked on a full pipe would never stop.
         assert proc.stdout is not None
         tag = f"[{self.name}] ".encode()
-        out = sys.stderr.buffer
         async for line in proc.stdout:
-            out.write(tag + line)
-            out.flush()
+            self.output.line(tag + line)
+
+    def exit_reason(self) -> str | None:
+        if self.proc is None or self.proc.returncode is None:
+            return None
+        return f"{self.name} exited with code {self.proc.returncode}"
 
     async def stop(self) -> None:
         proc = self.proc
         if proc is None:
             return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
-                log.warning("%s did not stop within %.0f s; killing it", self.name, STOP_TIMEOUT)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        code = await processes.stop_async(proc, STOP_TIMEOUT)
+        log.info("%s stopped (exit code %d)", self.name, code)
         if self.pump is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.pump, 1.0)
 
 
-def plan(settings: UpSettings, redis_url: str) -> list[Child]:
+def plan(settings: UpSettings, redis_url: str, output: Output) -> list[Child]:
     """The child processes, in start order (stopped in reverse)."""
     level = ["--log-level", logging.getLevelName(logging.getLogger().level).lower()]
     sim_addr = f"127.0.0.1:{settings.sim_port}"
     children = [
         Child("sim", ["sim", "--host", "127.0.0.1", "--port", str(settings.sim_port),
-                      "--rate", str(settings.rate), "--seed", str(settings.seed), *level]),
+                      "--rate", str(settings.rate), "--seed", str(settings.seed), *level], output),
         Child("ingest", ["ingest", "--sim", sim_addr, "--redis-url", redis_url,
-                         "--depth", str(settings.depth), *level]),
+                         "--depth", str(settings.depth), *level], output),
     ]
     for i in range(settings.bridges):
         children.append(Child(f"bridge-{i + 1}", ["bridge", "--host", settings.host, "--port",
-                                                   str(settings.port + i), "--redis-url", redis_url, *level]))
+                                                   str(settings.port + i), "--redis-url", redis_url, *level], output))
     return children
 
 
 def check_ports(settings: UpSettings) -> None:
-    taken = [settings.sim_port] if not is_free(settings.sim_port) else []
-    taken += [p for p in range(settings.port, settings.port + settings.bridges) if not is_free(p, settings.host)]
+    """StartError, in one line naming who holds it, when a port `up` needs is taken."""
+    wanted = [(settings.sim_port, "127.0.0.1", "--sim-port")]
+    wanted += [(p, settings.host, "--port") for p in range(settings.port, settings.port + settings.bridges)]
+    taken = [(p, flag) for p, host, flag in wanted if not is_free(p, host)]
     if taken:
-        raise StartError(
-            f"port {', '.join(map(str, taken))} already in use; stop what holds it or choose others "
-            f"with --port / --sim-port"
-        )
+        held = ", ".join(f"port {p} is {describe_holder(p)}" for p, _ in taken)
+        flags = " / ".join(dict.fromkeys(flag for _, flag in taken))
+        raise StartError(f"{held}; stop {'it' if len(taken) == 1 else 'them'} or pass {flags}")
 
 
-async def _wait_http(host: str, port: int, timeout: float) -> bool:
-    """True once something answers HTTP on host:port (the bridge is up)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
+async def _healthy(host: str, port: int) -> bool:
+    """True when the bridge on host:port answers /healthz with 200."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    try:
         writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
-        status = await reader.readline()
+        return b" 200 " in await reader.readline()
+    except OSError:
+        return False
+    finally:
         writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        if b" 200 " in status:
-            return True
-        await asyncio.sleep(0.1)
-    return False
+
+
+async def _start_all(children: list[Child], settings: UpSettings) -> None:
+    """Start every child in order, then wait until each bridge answers."""
+    for child in children:
+        await child.start()
+    host = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
+
+    def check() -> str | None:
+        return next((r for r in map(Child.exit_reason, children) if r), None)
+
+    try:
+        await asyncio.gather(*(
+            processes.wait_until_async(lambda p=settings.port + i: _healthy(host, p), READY_TIMEOUT,
+                                       f"bridge-{i + 1} to answer on port {settings.port + i}", check=check, interval=0.1)
+            for i in range(settings.bridges)
+        ))
+    except processes.ProcessError as exc:
+        raise StartError(f"{exc}; see its log lines above") from None
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run `work` until done (True) or until `stop` is set first (False, `work` cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
+    task.result()
+    return True
+
+
+async def _stop_all(children: list[Child], redis: RedisServer | None) -> None:
+    """Bridges first (together), then the other children in reverse start order, Redis last."""
+    log.info("stopping")
+    bridges = [c for c in children if c.name.startswith("bridge")]
+    await asyncio.gather(*(c.stop() for c in bridges))
+    for child in reversed(children):
+        if child not in bridges:
+            await child.stop()
+    if redis is not None:
+        redis.close()
+        log.info("redis stopped")
+    log.info("stopped")
 
 
 def _banner(settings: UpSettings, redis: RedisServer | None, redis_url: str) -> str:
@@ -150,36 +199,34 @@ def _banner(settings: UpSettings, redis: RedisServer | None, redis_url: str) -> 
 
 async def supervise(settings: UpSettings) -> int:
     check_ports(settings)
-    redis: RedisServer | None = None
-    if settings.redis_url is None:
-        redis = RedisServer().start()
-        redis_url = redis.url
-    else:
-        redis_url = settings.redis_url
-    children = plan(settings, redis_url)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("%s received", sig.name)
+        stop.set()  # a second one changes nothing: the children are stopped in order, each within STOP_TIMEOUT
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    output = Output(loop, stop.set)
+    redis: RedisServer | None = None
+    children: list[Child] = []
     try:
-        for child in children:
-            await child.start()
-        bridges = [c for c in children if c.name.startswith("bridge")]
-        ready = await asyncio.gather(*(_wait_http(settings.host if settings.host != "0.0.0.0" else "127.0.0.1",
-                                                  settings.port + i, 30.0) for i in range(len(bridges))))
-        if not all(ready):
-            raise StartError("a bridge did not answer within 30 s; see its log lines above")
-        print(_banner(settings, redis, redis_url), flush=True)
-        await _watch(children, redis, stop)
+        if settings.redis_url is None:
+            redis = RedisServer().start()  # from the loop's thread: the main one (see processes.py)
+            redis_url = redis.url
+        else:
+            redis_url = settings.redis_url
+        children = plan(settings, redis_url, output)
+        if await _unless_stopped(_start_all(children, settings), stop):
+            output.print(_banner(settings, redis, redis_url))
+            await _watch(children, redis, stop)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        await _stop_all(children, redis)
+        output.close()
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
-        log.info("stopping")
-        for child in reversed(children):
-            await child.stop()
-        if redis is not None:
-            redis.close()
-        log.info("stopped")
     return 0
 
 

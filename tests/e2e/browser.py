@@ -13,18 +13,16 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marketdata.supervisor.ports import free_port
+from marketdata.supervisor.processes import LoggedProcess, ProcessError, port_open, wait_until
 from marketdata.supervisor.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -68,54 +66,12 @@ def launch_chromium(playwright: Playwright, extra_args: list[str] | None = None)
     return playwright.chromium.launch(executable_path=path, headless=True, args=[*CHROMIUM_ARGS, *(extra_args or [])])
 
 
-class Role:
+class Role(LoggedProcess):
     """One `python -m marketdata ROLE ...` child process, its output in a log file."""
 
     def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.args = [sys.executable, "-m", "marketdata", name, *args]
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def kill(self) -> None:
-        """Die abruptly, as a crashed process would (no close frames, no goodbyes)."""
-        self.stop(signal.SIGKILL)
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+        super().__init__(name, [sys.executable, "-m", "marketdata", name, *args], log_dir / f"{name}.log",
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -153,7 +109,7 @@ class Pipeline:
         try:
             self.redis.start()
             self.sim.start()
-            self._wait(lambda: _port_open(self.sim_port), timeout, "the simulator to listen")
+            self._wait(lambda: port_open(self.sim_port), timeout, "the simulator to listen")
             self.ingest.start()
             self.bridge.start()
             self.wait_ready(timeout)
@@ -177,19 +133,20 @@ class Pipeline:
 
     def start_bridge(self, timeout: float = 30.0) -> None:
         self.bridge.start()
-        self._wait(lambda: _port_open(self.bridge_port), timeout, "the bridge to listen again")
+        self._wait(lambda: port_open(self.bridge_port), timeout, "the bridge to listen again")
 
-    def _wait(self, ready: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            dead = [r for r in (self.sim, self.ingest, self.bridge) if r.proc is not None and not r.alive]
-            if dead or time.monotonic() > deadline:
-                reason = f"{', '.join(r.name for r in dead)} exited" if dead else f"timed out after {timeout:.0f} s"
-                raise AssertionError(f"{reason} waiting for {what}\n{self.logs()}")
-            time.sleep(0.05)
+    def _wait(self, ready: Callable[[], object], timeout: float, what: str) -> None:
+        def check() -> str | None:
+            dead = [r.name for r in (self.sim, self.ingest, self.bridge) if r.proc is not None and not r.alive]
+            return f"{', '.join(dead)} exited" if dead else None
+
+        try:
+            wait_until(ready, timeout, what, check=check)
+        except ProcessError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     def logs(self) -> str:
-        return "\n".join(f"--- {r.name} log (last lines) ---\n{r.tail()}" for r in (self.sim, self.ingest, self.bridge))
+        return "\n".join(f"--- {r.name} log (last lines) ---\n" + "\n".join(r.tail()) for r in (self.sim, self.ingest, self.bridge))
 
     def close(self) -> None:
         for role in (self.bridge, self.ingest, self.sim):

@@ -1,94 +1,182 @@
-"""`marketdata up` as a user runs it: everything starts, books agree everywhere, Ctrl-C cleans up."""
+"""`marketdata up` as a user runs it: everything starts, books agree everywhere, and
+whatever ends it (Ctrl-C, SIGTERM, a closed terminal, a closed pipe, kill -9) leaves no
+process and no port behind."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
+import select
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as connect_sync
 
 from marketdata import schema
-from marketdata.supervisor.ports import free_port, is_free
+from marketdata.supervisor import processes
+from marketdata.supervisor.ports import is_free
+from marketdata.supervisor.redis_server import RedisServer
 from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
+GONE_TIMEOUT = 10.0  # seconds every child and port gets to disappear once `up` is told to stop
+
+
+def _quiet_ports(n: int) -> int:
+    """The first of `n` consecutive free ports below the ephemeral range.
+
+    The OS hands out ephemeral ports for port 0 and outgoing connections, so on a busy
+    machine one of them can be taken between the moment it is found free and the moment
+    `up` binds it; nobody is handed a port below that range.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except OSError:
+        low = 32768
+    for _ in range(100):
+        base = random.randrange(20000, low - n)
+        if all(is_free(base + i) for i in range(n)):
+            return base
+    raise AssertionError(f"no {n} consecutive free ports between 20000 and {low}")
+
 
 class Up:
-    """A running `marketdata up` whose output is collected line by line."""
+    """A running `marketdata up` in a session of its own, as a terminal's foreground job.
 
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "marketdata", "up", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        self.lines: list[str] = []
+    Its stdout (the banner) is a pipe read by a thread, so that a test can close it; its
+    stderr (the log) goes to a file, or into the same pipe with `merged=True` (`up 2>&1 |
+    tee`). Started like every child of the supervisor, it cannot outlive the test run.
+    """
+
+    def __init__(self, bridges: int, log_path: Path, merged: bool = False) -> None:
+        self.port = _quiet_ports(bridges)
+        self.sim_port = _quiet_ports(1)
+        self.log_path = log_path
+        args = ["--bridges", str(bridges), "--port", str(self.port), "--sim-port", str(self.sim_port), "--rate", "50"]
+        with open(log_path, "wb") as log:
+            self.proc = processes.spawn([sys.executable, "-m", "marketdata", "up", *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else log)
+        assert self.proc.stdout is not None
+        self._stdout = self.proc.stdout
+        self._chunks: list[bytes] = []
+        self._closing = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
+        fd = self._stdout.fileno()
+        while not self._closing.is_set():
+            if select.select([fd], [], [], 0.05)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return
+                self._chunks.append(chunk)
+
+    @property
+    def banner(self) -> str:
+        return b"".join(self._chunks).decode(errors="replace")
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     @property
     def output(self) -> str:
-        return "".join(self.lines)
+        return self.banner + self.log
+
+    def banner_port(self, pattern: str) -> int:
+        match = re.search(pattern, self.banner)
+        assert match, f"no {pattern!r} in the banner:\n{self.banner}"
+        return int(match.group(1))
+
+    @property
+    def redis_port(self) -> int:
+        return self.banner_port(r"redis-cli -p (\d+) subscribe")
+
+    def close_stdout(self) -> None:
+        """Close the reading end of its stdout, as `head -1` or a dying `tee` does."""
+        if not self._closing.is_set():
+            self._closing.set()
+            self._reader.join(5)
+            self._stdout.close()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
         try:
-            return self.proc.wait(20)
+            return processes.stop(self.proc, 20, signal.SIGINT)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self._reader.join(5)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
+            self.close_stdout()
 
 
 @pytest.fixture
-def up() -> Iterator[tuple[Up, int, int]]:
-    port = free_port()
-    while not is_free(port + 1):
-        port = free_port()
-    sim_port = free_port()
-    running = Up(["--bridges", "2", "--port", str(port), "--sim-port", str(sim_port), "--rate", "50"])
-    try:
-        wait_for(lambda: "Ctrl-C stops everything" in running.output or running.proc.poll() is not None,
+def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
+    """Start `marketdata up` (embedded Redis, free ports) and wait for its banner; stopped after the test."""
+    started: list[Up] = []
+
+    def start(bridges: int = 1, merged: bool = False) -> Up:
+        running = Up(bridges, tmp_path / f"up-{len(started)}.log", merged)
+        started.append(running)
+        wait_for(lambda: "Ctrl-C stops everything" in running.banner or running.proc.poll() is not None,
                  timeout=60, what="the `marketdata up` banner")
         assert running.proc.poll() is None, f"marketdata up exited early:\n{running.output}"
-        yield running, port, sim_port
-    finally:
+        return running
+
+    yield start
+    for running in started:
         running.stop()
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmd:
-            found.append(f"{entry.name}: {cmd}")
+@pytest.fixture
+def up(start_up: Callable[..., Up]) -> Up:
+    return start_up(bridges=2)
+
+
+def _role(process: psutil.Process) -> str:
+    """'redis', 'sim', 'ingest' or 'bridge' for a child of `up`."""
+    cmdline = process.cmdline()
+    if "marketdata" in cmdline:
+        return cmdline[cmdline.index("marketdata") + 1]
+    return "redis" if "server" in process.name() else process.name()
+
+
+def _children(running: Up) -> dict[str, list[psutil.Process]]:
+    """Every descendant of `up`, by role."""
+    found: dict[str, list[psutil.Process]] = {}
+    for child in psutil.Process(running.proc.pid).children(recursive=True):
+        found.setdefault(_role(child), []).append(child)
     return found
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE  # a zombie holds nothing
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _assert_nothing_left(children: list[psutil.Process], ports: list[int]) -> None:
+    try:
+        wait_for(lambda: all(map(_gone, children)), timeout=GONE_TIMEOUT, what="the children of up to disappear")
+    except AssertionError as exc:
+        left = [p for p in children if not _gone(p)]
+        names = [f"{_role(p)} (pid {p.pid})" for p in left]
+        for p in left:  # the test failed: do not leave them to the next one
+            p.kill()
+        raise AssertionError(f"{exc}; left: {', '.join(names)}") from None
+    for port in ports:
+        wait_for(lambda port=port: is_free(port), timeout=GONE_TIMEOUT, what=f"port {port} to be released")
 
 
 async def _collect(url: str, n: int, out: dict[int, bytes]) -> None:
@@ -110,13 +198,10 @@ async def _collect_redis(url: str, channel: str, n: int, out: dict[int, bytes]) 
     await client.aclose()
 
 
-def test_up_serves_the_same_books_everywhere_and_ctrl_c_leaves_nothing(up: tuple[Up, int, int]) -> None:
-    running, port, sim_port = up
-    banner = running.output
-    assert f"http://localhost:{port}/" in banner and f"http://localhost:{port + 1}/" in banner
-    match = re.search(r"redis-cli -p (\d+) subscribe md:book:BTC-USD", banner)
-    assert match, f"no redis-cli line in:\n{banner}"
-    redis_port = int(match.group(1))
+def test_up_serves_the_same_books_everywhere_and_ctrl_c_leaves_nothing(up: Up) -> None:
+    port, redis_port = up.port, up.redis_port
+    assert f"http://localhost:{port}/" in up.banner and f"http://localhost:{port + 1}/" in up.banner
+    children = [p for group in _children(up).values() for p in group]
 
     got: list[dict[int, bytes]] = [{}, {}, {}]
 
@@ -133,35 +218,81 @@ def test_up_serves_the_same_books_everywhere_and_ctrl_c_leaves_nothing(up: tuple
     for seq in common:
         assert got[0][seq] == got[1][seq] == got[2][seq], f"payloads differ at seq {seq}"
 
-    assert running.stop() == 0, running.output
-    for p in (port, port + 1, sim_port, redis_port):
-        wait_for(lambda p=p: is_free(p), timeout=10, what=f"port {p} to be released")
-    assert not _processes_mentioning(f"--port {sim_port}"), "simulator still running"
-    assert not _processes_mentioning(f"--port {port}"), "bridge still running"
-    assert not _processes_mentioning(f"--port {redis_port}"), "redis still running"
+    assert up.stop() == 0, up.output
+    _assert_nothing_left(children, [port, port + 1, up.sim_port, redis_port])
 
 
-def test_up_reports_a_taken_port_in_one_line() -> None:
-    import socket
+def _first_book_then_close_code(port: int, end: Callable[[], None]) -> int | None:
+    """Open a socket on the bridge, wait for a book, call `end`, and return the close code the
+    bridge sent (None: closed without one, or still open after GONE_TIMEOUT)."""
+    with connect_sync(f"ws://127.0.0.1:{port}/ws/market_data/BTC-USD", open_timeout=10) as ws:
+        ws.recv(timeout=10)
+        end()
+        deadline = time.monotonic() + GONE_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                ws.recv(timeout=GONE_TIMEOUT)
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd is not None else None
+        except TimeoutError:
+            pass
+        return None
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        taken = s.getsockname()[1]
-        proc = subprocess.run(
-            [sys.executable, "-m", "marketdata", "up", "--port", str(taken), "--bridges", "1", "--sim-port", str(free_port())],
-            capture_output=True, text=True, timeout=60,
-        )
-    assert proc.returncode == 1
-    assert f"port {taken} already in use" in proc.stderr
-    assert "Traceback" not in proc.stderr
+
+ENDINGS = {
+    "ctrl-c": lambda up: os.killpg(up.proc.pid, signal.SIGINT),  # the terminal signals its whole foreground group
+    "sigterm": lambda up: up.proc.send_signal(signal.SIGTERM),
+    "sighup": lambda up: os.killpg(up.proc.pid, signal.SIGHUP),  # the terminal was closed
+    "stdout-closed": lambda up: up.close_stdout(),  # marketdata up | head -1
+    "output-closed": lambda up: up.close_stdout(),  # marketdata up 2>&1 | tee log, and tee dies
+    "kill-9": lambda up: up.proc.kill(),
+}
 
 
-def test_up_restarts_a_child_that_dies(up: tuple[Up, int, int]) -> None:
-    running, port, sim_port = up
-    victims = [line.split(":", 1)[0] for line in _processes_mentioning(f"--port {sim_port}") if " sim " in line]
-    assert victims, "no simulator process found"
-    os.kill(int(victims[0]), signal.SIGKILL)
-    wait_for(lambda: "sim exited with code" in running.output, timeout=15, what="the supervisor to notice")
-    wait_for(lambda: [l for l in _processes_mentioning(f"--port {sim_port}") if " sim " in l and not l.startswith(victims[0] + ":")],
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_whatever_ends_up_no_child_and_no_port_is_left(start_up: Callable[..., Up], ending: str) -> None:
+    up = start_up(bridges=1, merged=ending == "output-closed")
+    roles = _children(up)
+    assert sorted(roles) == ["bridge", "ingest", "redis", "sim"] and all(len(g) == 1 for g in roles.values()), roles
+    children = [group[0] for group in roles.values()]
+    for child in children:  # so that a Ctrl-C reaches only up, which stops them in order
+        assert os.getpgid(child.pid) not in (os.getpgid(up.proc.pid), os.getpgid(0)), f"{_role(child)} shares a process group"
+    ports = [up.port, up.sim_port, up.redis_port]
+
+    code = _first_book_then_close_code(up.port, lambda: ENDINGS[ending](up))
+    try:
+        exit_code = up.proc.wait(GONE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"up still runs {GONE_TIMEOUT:.0f} s after {ending}:\n{up.output}") from None
+    _assert_nothing_left(children, ports)
+    if ending == "kill-9":
+        assert exit_code == -signal.SIGKILL
+        return
+    assert exit_code == 0, up.output
+    assert code == 1001, f"the bridge closed its socket with {code}, not 1001 (going away)"
+    if ending != "output-closed":  # the log went into the closed pipe
+        log = up.log
+        steps = [log.find(f"{name} stopped") for name in ("bridge-1", "ingest", "sim", "redis")]
+        assert -1 not in steps and steps == sorted(steps), f"not stopped in order (bridges, ingest, sim, redis):\n{log}"
+        assert "did not stop within" not in log, log
+
+
+@pytest.mark.parametrize("flag", ["--port", "--sim-port"])
+def test_up_refuses_a_held_port_in_one_line_naming_its_holder(redis_server: RedisServer, flag: str) -> None:
+    ports = {"--port": str(_quiet_ports(1)), "--sim-port": str(_quiet_ports(1)), flag: str(redis_server.port)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "marketdata", "up", "--bridges", "1", *[x for kv in ports.items() for x in kv]],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    name = Path(redis_server.binary).name[:15]  # what /proc/PID/comm keeps of it
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        1, "", f"marketdata up: port {redis_server.port} is in use by pid {redis_server.pid} ({name}); stop it or pass {flag}\n"
+    )
+
+
+def test_up_restarts_a_child_that_dies(up: Up) -> None:
+    victim = _children(up)["sim"][0]
+    victim.kill()
+    wait_for(lambda: "sim exited with code" in up.output, timeout=15, what="the supervisor to notice")
+    wait_for(lambda: [p for p in _children(up).get("sim", []) if p.pid != victim.pid],
              timeout=20, what="a new simulator process")
