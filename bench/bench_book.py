@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import reference_line  # noqa: E402
 from marketdata.book import ASK, BID, OrderBook  # noqa: E402
 from marketdata.feed import Books  # noqa: E402
 from marketdata.v1 import market_data_pb2 as pb  # noqa: E402
@@ -215,17 +216,6 @@ def bench_apply_batch(snaps: list[pb.Event], batches: list[list[pb.Event]], repe
     return times
 
 
-def calibrate() -> float:
-    """CPU nanoseconds of one iteration of an empty loop: compare runs on different machines by it."""
-    best = float("inf")
-    for _ in range(5):
-        c0 = time.thread_time()
-        for _ in range(1_000_000):
-            pass
-        best = min(best, time.thread_time() - c0)
-    return best * 1e3
-
-
 def bench_pb_reads(batches: list[list[pb.Event]], repeats: int) -> Times:
     """Only read the fields apply_batch reads, and apply nothing: the protobuf floor."""
     times = Times()
@@ -253,7 +243,7 @@ def main() -> None:
 
     print(f"# bench_book: Python {platform.python_version()} on {platform.machine()}, {n:,} changes, median of {repeats}")
     print(f"# load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; figures are wall [CPU]")
-    print(f"# machine speed: an empty `for` loop takes {calibrate():.0f} ns CPU per iteration")
+    print(reference_line())
     changes, mix = change_stream(random.Random(42), n)
     print("mix: " + ", ".join(f"{k} {v / n:.0%}" for k, v in mix.items()))
 

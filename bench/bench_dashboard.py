@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.child import cpu_seconds  # noqa: E402
+from bench.machine import reference_ns  # noqa: E402
 from tests.e2e.browser import CHROMIUM_ARGS, ChromiumMissing, Pipeline, find_chromium  # noqa: E402
 
 FRAME_COUNTER = """
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "panels": len(ids),
         "window_s": args.window,
         "cores": os.cpu_count(),
+        "reference_ns": round(reference_ns(), 2),
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "sim_fell_behind": behind,
         "samples": samples,
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         print(f"rate {args.rate:g} events/s per instrument, {len(ids)} panels, {args.window:g} s windows, "
-              f"{report['cores']} cores, load {report['load_avg_1m']}, simulator fell behind {behind} time(s)")
+              f"{report['cores']} cores, load {report['load_avg_1m']}, reference loop {report['reference_ns']} ns/iteration, simulator fell behind {behind} time(s)")
         cols = ["minute", "fps", "long_frames_pct", "script_ms_per_frame", "layout_style_ms_per_frame", "task_ms_per_frame",
                 "main_cpu_ms_per_frame", "main_cpu_pct", "render_js_ms_per_app_frame", "messages_per_s", "panel_renders_per_s", "heap_mb_after_gc"]
         print(" | ".join(cols))

@@ -46,6 +46,7 @@ import orjson  # noqa: E402
 import redis.asyncio as aredis  # noqa: E402
 
 from bench.child import cpu_seconds, grpc_server  # noqa: E402
+from bench.machine import reference_line  # noqa: E402
 from marketdata.supervisor.ports import free_port  # noqa: E402
 from marketdata.supervisor.redis_server import RedisServer  # noqa: E402
 
@@ -232,6 +233,7 @@ def main() -> None:
         feeds.append("replay")
     modes = [m for m in args.modes.split(",") if m]
     load0 = os.getloadavg()[0]
+    print(reference_line())
     print(f"ingest benchmark: 8 instruments, {args.seconds:g} s windows after {args.warmup:g} s warm-up, {os.cpu_count()} cores")
     points = []
     with RedisServer() as redis:

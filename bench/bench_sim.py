@@ -30,6 +30,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 
 from bench.child import cpu_seconds  # noqa: E402
+from bench.machine import reference_line  # noqa: E402
 from marketdata.instruments import DEFAULT_INSTRUMENTS  # noqa: E402
 from marketdata.sim.model import Model  # noqa: E402
 from marketdata.sim.wire import WireEncoder  # noqa: E402
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     args = parser.parse_args()
     secs = 0.3 if args.quick else 1.5
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(reference_line())
     for block in (10, 100, 1000):
         alone = model_rate(block, False, secs)
         encoded = model_rate(block, True, secs)

@@ -42,6 +42,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc  # noqa: E402
 
 from bench.child import cpu_seconds, grpc_server  # noqa: E402
+from bench.machine import reference_line  # noqa: E402
 from marketdata.feed import BatchResult, Books  # noqa: E402
 from marketdata.instruments import DEFAULT_INSTRUMENTS, select  # noqa: E402
 from marketdata.supervisor.ports import free_port  # noqa: E402
@@ -217,6 +218,7 @@ def main() -> None:
         asyncio.run(replay.serve(args.serve_replay, insts, replay.cycle(insts, per, 40_000)))
         return
     ids = [i.id for i in select([i for i in args.instruments.split(",") if i])]
+    print(reference_line())
     print(f"python {sys.version.split()[0]}, grpcio {grpc.__version__}, {os.cpu_count()} CPUs; source {args.source}, "
           f"{len(ids)} instruments, consumer {args.transport} + {'nothing' if args.no_apply else 'Books.apply_batch'}, max batch {args.max_batch}, "
           f"{args.runs} runs of {args.seconds:g} s after {args.warmup:g} s warm-up")  # fmt: skip

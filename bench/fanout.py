@@ -42,6 +42,7 @@ import orjson
 import redis
 
 from bench import fanout_report as report
+from bench.machine import reference_ns
 from bench.services import CONTENDERS, Contender, Pipeline, contender
 from marketdata.instruments import DEFAULT_INSTRUMENTS
 from marketdata.loadtest.runner import LoadtestError, Plan, measure, raise_open_files
@@ -335,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         report.say(note)
     command = "python -m bench.fanout " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = {"command": command.strip(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "cores": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
+            "cores": os.cpu_count(), "reference_ns": round(reference_ns(), 2), "python": platform.python_version(), "machine": platform.machine(),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}}
+    report.say(f"machine reference: an empty `for` loop takes {meta['reference_ns']} ns CPU per iteration")
     with tempfile.TemporaryDirectory(prefix="md-fanout-") as tmp:
         logs = Path(tmp)
         if cfg.calibrate:
