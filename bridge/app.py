@@ -207,7 +207,7 @@ class BridgeServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class _ClientGarbage(logging.Filter):
+class _InvalidUtf8Frames(logging.Filter):
     """uvicorn's websockets-sansio logs a client's text frame that is not UTF-8 at ERROR, with a
     traceback, once per frame and at the client's will; it closes the socket 1007 as it should.
     That is bad input, not a bug: one INFO line without the traceback."""
@@ -222,10 +222,10 @@ class _ClientGarbage(logging.Filter):
         return True
 
 
-def _quiet_client_garbage() -> None:
+def _quiet_invalid_utf8() -> None:
     uvicorn_log = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _ClientGarbage) for f in uvicorn_log.filters):
-        uvicorn_log.addFilter(_ClientGarbage())
+    if not any(isinstance(f, _InvalidUtf8Frames) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_InvalidUtf8Frames())
 
 
 def _stuck(connection: object) -> bool:
@@ -240,7 +240,7 @@ def build_server(settings: BridgeSettings, app: FastAPI) -> BridgeServer:
     def handshake_expired() -> None:
         stats.refusals[limits.HANDSHAKE_TIMEOUT] += 1
 
-    _quiet_client_garbage()
+    _quiet_invalid_utf8()
     config = uvicorn.Config(
         app,
         host=settings.host,

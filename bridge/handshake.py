@@ -25,6 +25,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from uvicorn.importer import import_from_string
+
 from marketdata.logs import Throttled
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,6 @@ TIMEOUT_RESPONSE = (
 
 def http_protocol(name: str) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol class for `name` (auto, httptools or h11)."""
-    from uvicorn.importer import import_from_string
-
     return import_from_string(PROTOCOLS[name])  # type: ignore[no-any-return]
 
 
