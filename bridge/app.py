@@ -4,7 +4,9 @@ Routes: GET / (the dashboard), /api/instruments, /api/book/{id}, /healthz, /read
 /metrics, /static, and the WebSockets /ws/market_data/{id} and /ws (bridge.endpoints).
 The hub (bridge.hub) lives in the app's lifespan: Redis connections open on
 startup and close on shutdown, and every socket is closed 1001 before uvicorn
-stops (uvicorn alone would send 1012).
+stops (uvicorn alone would send 1012). The server closes connections that do not
+finish their request head in time (bridge.handshake) and leaves X-Forwarded-For to
+the endpoints, which believe it only from --trusted-proxies (bridge.limits).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from jinja2 import TemplateNotFound
 from starlette.routing import WebSocketRoute
 
 import web
-from bridge import control
+from bridge import control, limits
 from bridge.bus import REDIS_ERRORS
 from bridge.endpoints import (
     GOING_AWAY,
@@ -37,7 +39,9 @@ from bridge.endpoints import (
     MarketDataSocket,
     MultiplexedSocket,
 )
+from bridge.handshake import http_protocol, with_deadline
 from bridge.hub import Hub
+from bridge.limits import Admission
 from bridge.metrics import CONTENT_TYPE, Gauges, Metrics, Stats
 from marketdata import __version__
 from marketdata.errors import UnknownInstrument
@@ -58,10 +62,11 @@ PLACEHOLDER = (
 
 @dataclass(slots=True)
 class Bridge:
-    """What the routes share: settings, counters, and the hub while the app runs."""
+    """What the routes share: settings, counters, the sockets' admission, and the hub while the app runs."""
 
     settings: BridgeSettings
     stats: Stats
+    admission: Admission
     current: Hub | None = None
 
     def hub(self) -> Hub:
@@ -75,7 +80,8 @@ class Bridge:
 
 def create_app(settings: BridgeSettings, *, raw_frames: bool = True) -> FastAPI:
     """The bridge as an ASGI app. `raw_frames=False` sends every frame through ASGI `send` (for comparison)."""
-    bridge = Bridge(settings, Stats())
+    admission = Admission(settings.max_sockets, settings.max_sockets_per_address, limits.networks(settings.address_limit_exempt))
+    bridge = Bridge(settings, Stats(), admission)
     metrics = Metrics(bridge.stats, bridge.gauges)
 
     @asynccontextmanager
@@ -145,8 +151,8 @@ def create_app(settings: BridgeSettings, *, raw_frames: bool = True) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app.router.routes.append(WebSocketRoute("/ws/market_data/{instrument}", MarketDataSocket(settings, bridge.stats, bridge.hub, raw_frames)))
-    app.router.routes.append(WebSocketRoute("/ws", MultiplexedSocket(settings, bridge.stats, bridge.hub, raw_frames)))
+    app.router.routes.append(WebSocketRoute("/ws/market_data/{instrument}", MarketDataSocket(settings, bridge.stats, bridge.hub, raw_frames, admission)))
+    app.router.routes.append(WebSocketRoute("/ws", MultiplexedSocket(settings, bridge.stats, bridge.hub, raw_frames, admission)))
     app.mount("/static", StaticFiles(directory=str(WEB / "static"), check_dir=False), name="static")
     return app
 
@@ -201,17 +207,45 @@ class BridgeServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+class _InvalidUtf8Frames(logging.Filter):
+    """uvicorn's websockets-sansio logs a client's text frame that is not UTF-8 at ERROR, with a
+    traceback, once per frame and at the client's will; it closes the socket 1007 as it should.
+    That is bad input, not a bug: one INFO line without the traceback."""
+
+    MESSAGE = "Invalid UTF-8 sequence received from client."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.MESSAGE:
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.msg = "closed a WebSocket (1007): a text frame from the client was not UTF-8"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_invalid_utf8() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _InvalidUtf8Frames) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_InvalidUtf8Frames())
+
+
 def _stuck(connection: object) -> bool:
     transport = getattr(connection, "transport", None)
     return transport is not None and transport.get_write_buffer_size() > 0
 
 
 def build_server(settings: BridgeSettings, app: FastAPI) -> BridgeServer:
-    """A uvicorn server for `app` as settings say (WebSocket implementation, loop, frame limit)."""
+    """A uvicorn server for `app` as settings say (HTTP and WebSocket implementations, loop, limits)."""
+    stats: Stats = app.state.bridge.stats
+
+    def handshake_expired() -> None:
+        stats.refusals[limits.HANDSHAKE_TIMEOUT] += 1
+
+    _quiet_invalid_utf8()
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=with_deadline(http_protocol(settings.http), settings.handshake_timeout, handshake_expired),
         ws=settings.ws,  # type: ignore[arg-type]
         loop=settings.loop,  # type: ignore[arg-type]
         ws_max_size=settings.max_frame,
@@ -220,6 +254,9 @@ def build_server(settings: BridgeSettings, app: FastAPI) -> BridgeServer:
         lifespan="on",
         log_config=None,  # the CLI configured logging
         access_log=False,
+        # uvicorn would believe X-Forwarded-For from loopback (or $FORWARDED_ALLOW_IPS) and
+        # rewrite the client address; the endpoints apply --trusted-proxies themselves.
+        proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
     return BridgeServer(config, app.state.bridge)

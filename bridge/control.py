@@ -10,7 +10,8 @@ Client requests on the multiplexed socket (/ws)::
     {"op":"ping"}
 
 Server answers: subscribed, unsubscribed, pong, error (codes bad_json,
-bad_request, unknown_instrument) and feed; see docs/architecture.md and the README.
+bad_request, unknown_instrument, too_many_instruments) and feed; see
+docs/architecture.md and the README. A binary frame is read like a text one.
 `/ws?batch_ms=N` makes the socket send, every N ms, one frame
 `{"type":"batch","messages":[...]}` holding those messages in order.
 """
@@ -31,6 +32,8 @@ _SHOWN = 40  # characters of a bad value quoted back in a message
 BAD_JSON = "bad_json"
 BAD_REQUEST = "bad_request"
 UNKNOWN_INSTRUMENT = "unknown_instrument"
+TOO_MANY_INSTRUMENTS = "too_many_instruments"
+RATE_LIMITED = "rate limit"  # the close reason (1008) of a socket over its ops rate
 
 
 class RequestError(ValueError):
@@ -116,6 +119,11 @@ def _instruments(obj: dict[str, object]) -> tuple[str, ...]:
 def unknown_instrument(instrument: str) -> str:
     """The one wording of the unknown-instrument answer (HTTP detail, close reason, error)."""
     return f"unknown instrument {shown(instrument)}"
+
+
+def too_many_instruments(limit: int) -> str:
+    """The answer to a subscribe that would take a socket past `limit` instruments."""
+    return f"at most {limit} instruments per socket: unsubscribe some first, or open another socket"
 
 
 def subscribed(instruments: tuple[str, ...]) -> bytes:

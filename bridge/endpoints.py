@@ -2,9 +2,12 @@
 
 Each socket is two tasks: its LatestSlot's sender and a reader of client frames. The
 handshake checks the Origin first (bridge.origins; a disallowed one is refused before
-accept: HTTP 403), then the instrument (close 1008 naming it). Data never passes
-through Starlette's WebSocket wrapper: the hot path is the hub calling the socket's
-LatestSlot.
+accept: HTTP 403), then the bridge's room for one more socket, in total and for the
+client's address (bridge.limits; refused before accept: HTTP 503 or 429 with
+Retry-After), then the instrument (close 1008 naming it). Every client frame spends a
+token of the socket's bucket; an empty bucket closes it 1008 "rate limit". Data never
+passes through Starlette's WebSocket wrapper: the hot path is the hub calling the
+socket's LatestSlot.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
-from bridge import control
+from bridge import control, limits
 from bridge.hub import Hub
 from bridge.latest_slot import LatestSlot
+from bridge.limits import Admission, Proxies, TokenBucket
 from bridge.metrics import Stats
 from bridge.origins import OriginPolicy
 from bridge.transport import Send
@@ -33,6 +37,12 @@ RAW_SEND = "bridge.send"  # scope key where KeepRawSend leaves the server's own 
 GOING_AWAY = 1001
 POLICY = 1008
 TOO_BIG = 1009
+RETRY_AFTER = b"5"  # seconds, in the 503 and 429 answers: room comes back as sockets close
+# HTTP answers to a handshake refused before the upgrade, by reason.
+DENIALS = {
+    limits.SOCKETS_PER_BRIDGE: (503, b"this bridge has no room for another WebSocket; retry later or use another replica"),
+    limits.SOCKETS_PER_ADDRESS: (429, b"too many WebSockets from your address; close some first"),
+}
 
 
 class KeepRawSend:
@@ -52,39 +62,74 @@ class KeepRawSend:
         await self.app(scope, receive, send)
 
 
-def _headers(scope: Scope) -> tuple[str | None, str | None]:
+def _headers(scope: Scope) -> tuple[str | None, str | None, list[str]]:
+    """Origin, Host and every X-Forwarded-For header of a handshake, in order."""
     origin = host = None
+    forwarded: list[str] = []
     for name, value in scope.get("headers", ()):
         if name == b"origin":
             origin = value.decode("latin-1")
         elif name == b"host":
             host = value.decode("latin-1")
-    return origin, host
+        elif name == b"x-forwarded-for":
+            forwarded.append(value.decode("latin-1"))
+    return origin, host, forwarded
+
+
+async def _deny(scope: Scope, send: Send, reason: str) -> None:
+    """Refuse a handshake with an HTTP answer (the ASGI WebSocket denial response), or 403 where the server has none."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": POLICY})
+        return
+    status, body = DENIALS[reason]
+    headers = [(b"retry-after", RETRY_AFTER), (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+    # uvicorn's websockets-sansio sends the answer and closes, but leaves its handshake
+    # unfinished and logs an ERROR for every refusal (Kludex/uvicorn#3138): finish it.
+    server = getattr(send, "__self__", None)
+    if getattr(server, "handshake_complete", None) is False:
+        server.handshake_complete = True
 
 
 class _Endpoint:
     """Handshake, origin check, and the two tasks of a socket; subclasses read the client."""
 
-    def __init__(self, settings: BridgeSettings, stats: Stats, hub: Callable[[], Hub], raw_frames: bool) -> None:
+    def __init__(self, settings: BridgeSettings, stats: Stats, hub: Callable[[], Hub], raw_frames: bool, admission: Admission) -> None:
+        """`admission` counts the sockets of the whole bridge: both endpoints share one."""
         self.settings = settings
         self.stats = stats
         self._hub = hub
         self.raw_frames = raw_frames
         self.origins = OriginPolicy(settings.allowed_origins)
+        self.proxies = Proxies(settings.trusted_proxies)
+        self.admission = admission
         self._refusals = Throttled(log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         send = scope.get(RAW_SEND, send)
         if (await receive())["type"] != "websocket.connect":
             return
-        origin, host = _headers(scope)
+        origin, host, forwarded = _headers(scope)
         if not self.origins.allows(origin, host):
             self.stats.origin_rejects += 1
+            self.stats.refusals[limits.ORIGIN] += 1
             self._refusals(logging.INFO, "refused a WebSocket from origin %s (host %s)", control.shown(origin), control.shown(host))
             await send({"type": "websocket.close", "code": POLICY})  # before accept: HTTP 403
             return
-        await send({"type": "websocket.accept"})
-        await self.serve(scope, receive, send, self._hub())
+        peer = scope.get("client")
+        client = self.proxies.client(peer[0] if peer else None, forwarded)
+        refusal = self.admission.admit(client)
+        if refusal is not None:
+            self.stats.refusals[refusal] += 1
+            self._refusals(logging.INFO, "refused a WebSocket from %s: %s (%d open)", control.shown(client), refusal, self.admission.total)
+            await _deny(scope, send, refusal)
+            return
+        try:
+            await send({"type": "websocket.accept"})
+            await self.serve(scope, receive, send, self._hub())
+        finally:
+            self.admission.release(client)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, hub: Hub) -> None:
         raise NotImplementedError
@@ -107,8 +152,20 @@ class _Endpoint:
                 log.error("socket task failed", exc_info=result)
         await slot.finish()
 
-    async def too_big(self, slot: LatestSlot, data: str | bytes) -> bool:
-        """Close 1009 if a client frame is over --max-frame (uvicorn enforces it too, where it can)."""
+    def bucket(self) -> TokenBucket:
+        """A new socket's allowance of client frames (--ops-rate, --ops-burst)."""
+        return TokenBucket(self.settings.ops_rate, self.settings.ops_burst, asyncio.get_running_loop().time())
+
+    async def refused(self, slot: LatestSlot, bucket: TokenBucket, data: str | bytes) -> bool:
+        """Close the socket if this client frame is one too many (1008) or over --max-frame (1009).
+
+        uvicorn enforces --max-frame too, where it can.
+        """
+        if not bucket.take(asyncio.get_running_loop().time()):
+            self.stats.refusals[limits.RATE_LIMIT] += 1
+            self._refusals(logging.INFO, "closing a socket over its rate of %g frames/s", self.settings.ops_rate)
+            await slot.close(POLICY, control.RATE_LIMITED)
+            return True
         if len(data) > self.settings.max_frame:
             await slot.close(TOO_BIG, f"frame over {self.settings.max_frame} bytes")
             return True
@@ -131,12 +188,13 @@ class MarketDataSocket(_Endpoint):
             await self.run(slot, self._read(receive, slot))
 
     async def _read(self, receive: Receive, slot: LatestSlot) -> None:
+        bucket = self.bucket()
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":
                 return
             data = message.get("text") or message.get("bytes") or b""
-            if await self.too_big(slot, data):
+            if await self.refused(slot, bucket, data):
                 return
 
 
@@ -158,6 +216,9 @@ class MultiplexedSocket(_Endpoint):
             await self.run(slot, self._read(receive, slot, hub))
 
     async def _read(self, receive: Receive, slot: LatestSlot, hub: Hub) -> None:
+        bucket = self.bucket()
+        mine: set[str] = set()  # the instruments this socket is subscribed to
+        limit = self.settings.max_instruments
         while True:
             message = await receive()
             if message["type"] != "websocket.receive":
@@ -165,7 +226,7 @@ class MultiplexedSocket(_Endpoint):
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            if await self.too_big(slot, data):
+            if await self.refused(slot, bucket, data):
                 return
             try:
                 request = control.parse_request(data)
@@ -179,10 +240,16 @@ class MultiplexedSocket(_Endpoint):
                 if unknown:
                     slot.offer_control(control.error(control.UNKNOWN_INSTRUMENT, _unknown_message(unknown)))
                     continue
+                if len(mine.union(request.instruments)) > limit:
+                    self.stats.refusals[limits.INSTRUMENTS_PER_SOCKET] += 1
+                    slot.offer_control(control.error(control.TOO_MANY_INSTRUMENTS, control.too_many_instruments(limit)))
+                    continue
+                mine.update(request.instruments)
                 slot.offer_control(control.subscribed(request.instruments))
                 for instrument in request.instruments:
                     hub.want(slot, instrument, request.trades)
             else:
+                mine.difference_update(request.instruments)
                 for instrument in request.instruments:
                     hub.unwant(slot, instrument)
                 slot.offer_control(control.unsubscribed(request.instruments))

@@ -20,6 +20,8 @@ from prometheus_client.core import (
     Metric,
 )
 
+from bridge.limits import REFUSALS
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Seconds from a message's arrival from Redis to its write on a socket.
@@ -66,6 +68,7 @@ class Stats:
     bad_messages: int = 0  # garbage payloads on a channel, dropped
     slow_consumer_closes: int = 0
     origin_rejects: int = 0
+    refusals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))  # reason -> count (bridge.limits)
     redis_reconnects: int = 0
     latency: Latency = field(default_factory=Latency)
 
@@ -114,6 +117,10 @@ class _Collector:
         yield GaugeMetricFamily("bridge_redis_up", "1 when the bridge's pub/sub connection to Redis is up.", value=int(g.redis_up))
         for name, attr, doc in _COUNTERS:
             yield CounterMetricFamily(name, doc, value=getattr(s, attr))
+        refusals = CounterMetricFamily("bridge_refusals", "Connections, sockets and requests refused by a limit or the Origin policy, by reason.", labels=("reason",))
+        for reason, n in s.refusals.items():
+            refusals.add_metric((reason,), n)
+        yield refusals
         yield HistogramMetricFamily(
             "bridge_send_latency_seconds",
             "Seconds from a message's arrival from Redis to its write on a socket.",

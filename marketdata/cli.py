@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import math
 import os
@@ -63,6 +64,17 @@ def positive_float(text: str) -> float:
 
 def id_list(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+def network_list(text: str) -> tuple[str, ...]:
+    """A comma list of IP addresses and CIDR networks (the bridge's --trusted-proxies)."""
+    nets = id_list(text)
+    for net in nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError(f"{net!r} is not an IP address or a CIDR network") from None
+    return nets
 
 
 def address(text: str) -> str:
@@ -232,7 +244,16 @@ def build_parser() -> _Parser:
     p.opt("--stale-after", "MD_STALE_AFTER", positive_float, "seconds without a feed heartbeat before the feed is reported stale")
     p.opt("--max-frame", "MD_MAX_FRAME", positive_int, "largest inbound WebSocket frame in bytes")
     p.opt("--ws", "MD_WS", choice("websockets-sansio", "websockets", "wsproto"), "uvicorn WebSocket implementation")
+    p.opt("--http", "MD_HTTP", choice("auto", "httptools", "h11"), "uvicorn HTTP implementation (auto: httptools when installed, else h11)")
     p.opt("--loop", "MD_LOOP", choice("auto", "uvloop", "asyncio"), "event loop")
+    p.opt("--max-sockets", "MD_MAX_SOCKETS", positive_int, "open WebSockets on this bridge at most; over it the handshake gets HTTP 503 with Retry-After")
+    p.opt("--max-sockets-per-address", "MD_MAX_SOCKETS_PER_ADDRESS", positive_int, "open WebSockets per client address (IPv6: per /64) at most; over it HTTP 429")
+    p.opt("--address-limit-exempt", "MD_ADDRESS_LIMIT_EXEMPT", network_list, "comma list of IPs/CIDRs not limited per address ('': none)")
+    p.opt("--trusted-proxies", "MD_TRUSTED_PROXIES", network_list, "comma list of IPs/CIDRs of proxies whose X-Forwarded-For is believed (the client is its right-most untrusted address)")
+    p.opt("--handshake-timeout", "MD_HANDSHAKE_TIMEOUT", positive_float, "seconds a connection has to send a complete HTTP request head (a WebSocket handshake too); then 408 and closed")
+    p.opt("--ops-rate", "MD_OPS_RATE", positive_float, "inbound WebSocket frames per socket per second; over it the socket is closed 1008 'rate limit'")
+    p.opt("--ops-burst", "MD_OPS_BURST", positive_int, "inbound WebSocket frames a socket may send at once before --ops-rate applies")
+    p.opt("--max-instruments", "MD_MAX_INSTRUMENTS", positive_int, "instruments one /ws socket may subscribe at once; over it the subscribe gets an error too_many_instruments")
     _common(p)
 
     p = sub.add_parser("client", help="print live books from the simulator in the terminal", description="Subscribe to the simulator, rebuild and verify every book, show a live ladder (or JSON lines).", settings=ClientSettings)

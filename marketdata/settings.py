@@ -50,7 +50,17 @@ class BridgeSettings:
     stale_after: float = 3.0  # seconds without heartbeat before the feed is stale
     max_frame: int = 4096  # bytes of an inbound WebSocket frame at most
     ws: str = "websockets-sansio"  # uvicorn WebSocket implementation
+    http: str = "auto"  # uvicorn HTTP implementation: auto (httptools when installed, else h11), httptools or h11
     loop: str = "auto"  # uvicorn event loop: auto, uvloop or asyncio
+    # Limits (bridge.limits): what one client may take; see the README's "Limits".
+    max_sockets: int = 10_000  # open WebSockets on this bridge; over it: HTTP 503 before the upgrade
+    max_sockets_per_address: int = 100  # open WebSockets per client address (IPv6: per /64); over it: HTTP 429
+    address_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1")  # IPs/CIDRs not limited per address
+    trusted_proxies: tuple[str, ...] = ()  # IPs/CIDRs whose X-Forwarded-For is believed
+    handshake_timeout: float = 5.0  # seconds to send a complete request head (HTTP or WebSocket handshake)
+    ops_rate: float = 20.0  # inbound frames per socket per second, on average; over it: close 1008 "rate limit"
+    ops_burst: int = 40  # inbound frames a socket may send at once before ops_rate applies
+    max_instruments: int = 100  # instruments subscribed on one /ws socket at most
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,3 +56,10 @@ def test_batch_ms(query: bytes, expected: int) -> None:
 def test_a_bad_batch_ms_says_what_is_allowed(query: bytes) -> None:
     with pytest.raises(control.RequestError, match="from 0 to 1000"):
         control.batch_ms(query)
+
+
+def test_the_limit_answers() -> None:
+    message = control.too_many_instruments(100)
+    assert "at most 100 instruments" in message
+    assert orjson.loads(control.error(control.TOO_MANY_INSTRUMENTS, message))["error"] == "too_many_instruments"
+    assert len(control.RATE_LIMITED.encode()) <= 123  # fits a close reason
