@@ -220,7 +220,7 @@ def build_parser() -> _Parser:
     p.flag("--coalesce", "MD_COALESCE", "publish one snapshot per changed instrument per drain (--no-coalesce: one per event)")
     p.opt("--heartbeat-ttl", "MD_HEARTBEAT_TTL", positive_float, "seconds the heartbeat key lives without a refresh (at least 1.5 times --lease, so that a takeover never lets it lapse)")
     p.opt("--trades-history", "MD_TRADES_HISTORY", positive_int, "recent trades kept per instrument")
-    p.opt("--lease", "MD_INGEST_LEASE", positive_float, "seconds the publishing lease lasts unrenewed: of several ingestors one publishes, renewing it every third of this; the others take over within about 1.25 times this when it dies")
+    p.opt("--lease", "MD_INGEST_LEASE", positive_float, "seconds the publishing lease lasts unrenewed: of several ingestors one publishes, renewing it every third of this; the others take over within about this when it dies")
     p.opt("--metrics-host", "MD_INGEST_METRICS_HOST", str, "interface the Prometheus endpoint listens on (0.0.0.0 for every interface)")
     p.opt("--metrics-port", "MD_INGEST_METRICS_PORT", port, "port of the Prometheus endpoint /metrics (0: off)")
     _common(p)

@@ -15,12 +15,13 @@ matching command, and reports the answer back; each report may return a line to 
 when the role changes. The timing, for a lease period P (default 1 s):
 
 - the leader renews every P/3, so two renewals may fail before the key expires;
-- a standby tries to take the lease every P/4 while its own simulator stream is live;
-- a leader killed with -9 is replaced within P + P/4 plus a round trip (the key
-  expires at most P after the last renewal, a standby notices within P/4), and the
-  new leader publishes every book at once: with P = 1 s fresh books are out in
-  about 1.3 s, within the 2 s we promise. A shorter P would fail over faster but
-  would make a leader whose event loop stalls for 2P/3 lose the lease; 1 s tolerates
+- a standby tries to take the lease every P/4 while its own simulator stream is live,
+  or sooner: just after the lease's remaining TTL, which a refused bid reports;
+- a leader killed with -9 is replaced within P plus a round trip (the key expires at
+  most P after the last renewal, a standby bids again right after), and the new
+  leader publishes every book at once: with P = 1 s fresh books are out in about
+  1 s, well within the 2 s we promise. A shorter P would fail over faster but would
+  make a leader whose event loop stalls for 2P/3 lose the lease; 1 s tolerates
   stalls of about 0.6 s;
 - a leader stopped with SIGTERM deletes the key (only if it is still its own), so a
   standby takes over within P/4;
@@ -53,7 +54,7 @@ FENCED = "FENCED"  # the first word of a refused script's error
 # server) tokens still start above every value an ingestor alive now has seen.
 _ACQUIRE_LUA = b"""
 local lease = redis.call('GET', KEYS[1])
-if lease then return {0, lease} end
+if lease then return {0, lease, redis.call('PTTL', KEYS[1])} end
 local floor = tonumber(ARGV[3])
 if tonumber(redis.call('GET', KEYS[2]) or '0') < floor then redis.call('SET', KEYS[2], floor) end
 lease = redis.call('INCR', KEYS[2]) .. ' ' .. ARGV[1]
@@ -112,6 +113,9 @@ def refusal(message: str) -> Holder | None | bool:
     return Holder.parse(rest)
 
 
+_LATE = 0.003  # seconds a standby bids after the TTL it saw, so that the key has surely expired
+
+
 class Step(enum.Enum):
     ACQUIRE = "acquire"
     RENEW = "renew"
@@ -129,6 +133,7 @@ class Lease:
     token: int = 0  # the highest token seen
     until: float = 0.0  # local time our lease surely holds until: when the last confirmed renewal was sent, plus period
     seen: Holder | None = None  # the leader a standby last saw, to log each change once
+    retry: float | None = None  # seconds until the lease we saw expires, when that is sooner than P/4
 
     @property
     def leading(self) -> bool:
@@ -136,8 +141,10 @@ class Lease:
 
     @property
     def interval(self) -> float:
-        """Seconds from one step's start to the next: P/3 while leading, P/4 while standing by."""
-        return self.period / 3 if self.leading else self.period / 4
+        """Seconds from one step's start to the next: P/3 while leading; P/4 standing by, or until the lease expires."""
+        if self.leading:
+            return self.period / 3
+        return self.period / 4 if self.retry is None else self.retry
 
     @property
     def ms(self) -> bytes:
@@ -169,10 +176,15 @@ class Lease:
     # -- answers ---------------------------------------------------------------------
 
     def acquired(self, reply: list[object], sent: float) -> str | None:
-        """The acquire script's reply `[1, value]` (ours now) or `[0, value]` (held by another)."""
-        taken, value = reply
+        """The acquire script's reply: `[1, value]` (ours now) or `[0, value, pttl ms]` (held by another)."""
+        taken, value = reply[:2]
         if not taken:
+            # Bid again just after it expires (a few ms late: our step started before Redis measured it).
+            pttl = reply[2] if len(reply) > 2 and isinstance(reply[2], int) else -1
+            expiry = pttl / 1000 + _LATE
+            self.retry = expiry if pttl >= 0 and expiry < self.period / 4 else None
             return self.held_by(Holder.parse(value))  # type: ignore[arg-type]
+        self.retry = None
         self.value = value if isinstance(value, bytes) else str(value).encode()
         holder = Holder(int(self.value.partition(b" ")[0]), self.name)  # the script wrote it: "TOKEN our name"
         self.token = max(self.token, holder.token)

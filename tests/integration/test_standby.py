@@ -54,7 +54,8 @@ def test_a_stale_token_writes_nothing(rclient: redis.Redis) -> None:
     old, new = Lease("ingest:a:1:aa", 1.0), Lease("ingest:b:2:bb", 1.0)
     assert old.acquired(rclient.execute_command(*old.acquire(KEYS, b'{"who":"a"}', 3000)), 0.0) is not None
     assert old.value == b"1 ingest:a:1:aa" and rclient.get("md:heartbeat") == b'{"who":"a"}'
-    assert rclient.execute_command(*new.acquire(KEYS, b"", 3000)) == [0, old.value], "held: not taken"
+    taken, holder, pttl = rclient.execute_command(*new.acquire(KEYS, b"", 3000))
+    assert (taken, holder) == (0, old.value) and 900 < pttl <= 1000, "held: not taken, and when it expires"
     rclient.delete("md:leader")  # as if it expired while `old` was paused
     new.acquired(rclient.execute_command(*new.acquire(KEYS, b"", 3000)), 0.0)
     assert new.value == b"2 ingest:b:2:bb"
@@ -254,39 +255,9 @@ def assert_in_order(books: Listener) -> None:
             last[msg["instrument"]] = order
 
 
-async def takeover(books: Listener, t0: float, stand: Proc, client: aredis.Redis) -> float:
-    """Seconds from `t0` until the standby leads and has published every instrument's book."""
-    holder = await async_wait_for(lambda: _holder_is(client, stand), 5, what="the standby to take the lease")
-    await async_wait_for(lambda: len(first_books_after(books, t0, stand.depth)) == len(IDS), 5, what="fresh books from the standby")
-    assert holder.token >= 2
-    return max(first_books_after(books, t0, stand.depth).values()) - t0
-
-
 async def _holder_is(client: aredis.Redis, proc: Proc) -> Holder | None:
     holder = Holder.parse(await client.get("md:leader"))
     return holder if holder is not None and holder.name.split(":")[2] == str(proc.pid) else None
-
-
-@pytest.mark.asyncio
-async def test_kill_9_of_the_leader_the_standby_publishes_within_2_s(redis_url: str, tmp_path: Path) -> None:
-    client = aredis.Redis.from_url(redis_url)
-    try:
-        async with own_sim(instruments=IDS) as sim, Listener(redis_url, "md:book:*") as books:
-            async with ingestors(f"127.0.0.1:{sim.port}", redis_url, tmp_path) as procs:
-                lead, stand = await roles(procs, client)
-                assert not first_books_after(books, 0.0, stand.depth), "the standby published before it led"
-                t0 = time.monotonic()
-                lead.popen.kill()
-                elapsed = await takeover(books, t0, stand, client)
-                print(f"\ntakeover after kill -9: {elapsed:.3f} s")
-                assert elapsed < 2.0, f"fresh books {elapsed:.2f} s after the kill"
-                await async_wait_for(lambda: _heartbeat_from(client, stand), 5, what="the new leader's heartbeat")
-                m = await stand.metrics()
-                assert (m["ingest_leader"], m["ingest_leader_changes_total"]) == (1, 1) and m["ingest_publishes_total"] > 0
-                await books.settle()
-        assert_in_order(books)
-    finally:
-        await client.aclose()
 
 
 async def _heartbeat_from(client: aredis.Redis, proc: Proc) -> bool:
@@ -294,60 +265,90 @@ async def _heartbeat_from(client: aredis.Redis, proc: Proc) -> bool:
     return raw is not None and orjson.loads(raw)["source"].split(":")[2] == str(proc.pid)
 
 
-@pytest.mark.asyncio
-async def test_a_paused_leader_is_fenced_off_when_it_wakes(redis_url: str, tmp_path: Path) -> None:
+@dataclass
+class Pair:
+    """Two ingestor processes on one simulator and one Redis, and a tape of the books on the bus."""
+
+    lead: Proc
+    stand: Proc
+    books: Listener
+    client: aredis.Redis
+
+    async def takeover(self, t0: float) -> float:
+        """Seconds from `t0` until the standby leads and has published every instrument's book."""
+        holder = await async_wait_for(lambda: _holder_is(self.client, self.stand), 5, what="the standby to take the lease")
+        await async_wait_for(lambda: len(first_books_after(self.books, t0, self.stand.depth)) == len(IDS), 5, what="fresh books from the standby")
+        assert holder.token >= 2
+        await async_wait_for(lambda: _heartbeat_from(self.client, self.stand), 5, what="the new leader's heartbeat")
+        return max(first_books_after(self.books, t0, self.stand.depth).values()) - t0
+
+
+@contextlib.asynccontextmanager
+async def pair(redis_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
+    """Once one leads and the other is warm; the tape is settled and checked for order on the way out."""
     client = aredis.Redis.from_url(redis_url)
     try:
         async with own_sim(instruments=IDS) as sim, Listener(redis_url, "md:book:*") as books:
             async with ingestors(f"127.0.0.1:{sim.port}", redis_url, tmp_path) as procs:
                 lead, stand = await roles(procs, client)
-                t0 = time.monotonic()
-                os.kill(lead.pid, signal.SIGSTOP)  # a leader frozen past its lease (a long GC, a paused VM)
-                elapsed = await takeover(books, t0, stand, client)
-                print(f"\ntakeover after SIGSTOP: {elapsed:.3f} s")
+                assert not first_books_after(books, 0.0, stand.depth), "the standby published before it led"
+                yield Pair(lead, stand, books, client)
                 await books.settle()
-                woke = len(books.messages)  # everything the leader wrote before its pause has arrived
-                os.kill(lead.pid, signal.SIGCONT)
-
-                async def fenced_off() -> bool:
-                    m = await lead.metrics()
-                    return m.get("ingest_fenced_writes_total", 0) >= 1 and m.get("ingest_leader") == 0
-
-                await async_wait_for(fenced_off, 10, what="the woken leader to be fenced off")
-                m = await lead.metrics()
-                assert m["ingest_publishes_total"] > 0 and m["ingest_leader_changes_total"] == 2 and m["ingest_sim_live"] == 1
-                # Let the woken ingestor run a while as a standby: its stream is live again, it writes nothing.
-                await async_wait_for(lambda: len(books.messages) >= woke + 20, 10, what="more books from the new leader")
-                await books.settle()
-        after = [len(schema.decode(p)["bids"]) for c, p in books.messages[woke:] if not c.endswith("zz-settle")]
-        assert after and set(after) == {stand.depth}, f"the fenced ex-leader published {after.count(lead.depth)} books"
         assert_in_order(books)
-        log = lead.log.read_text()
-        assert "lost the lease to ingest:" in log and "standing by" in log, log[-2000:]
     finally:
         await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_kill_9_of_the_leader_the_standby_publishes_within_2_s(redis_url: str, tmp_path: Path) -> None:
+    async with pair(redis_url, tmp_path) as p:
+        t0 = time.monotonic()
+        p.lead.popen.kill()
+        elapsed = await p.takeover(t0)
+        print(f"\ntakeover after kill -9: {elapsed:.3f} s")
+        assert elapsed < 2.0, f"fresh books {elapsed:.2f} s after the kill"
+        m = await p.stand.metrics()
+        assert (m["ingest_leader"], m["ingest_leader_changes_total"]) == (1, 1) and m["ingest_publishes_total"] > 0
+
+
+@pytest.mark.asyncio
+async def test_a_paused_leader_is_fenced_off_when_it_wakes(redis_url: str, tmp_path: Path) -> None:
+    async with pair(redis_url, tmp_path) as p:
+        t0 = time.monotonic()
+        os.kill(p.lead.pid, signal.SIGSTOP)  # a leader frozen past its lease (a long GC, a paused VM)
+        elapsed = await p.takeover(t0)
+        print(f"\ntakeover after SIGSTOP: {elapsed:.3f} s")
+        await p.books.settle()
+        woke = len(p.books.messages)  # everything the leader wrote before its pause has arrived
+        os.kill(p.lead.pid, signal.SIGCONT)
+
+        async def fenced_off() -> bool:
+            m = await p.lead.metrics()
+            return m.get("ingest_fenced_writes_total", 0) >= 1 and m.get("ingest_leader") == 0
+
+        await async_wait_for(fenced_off, 10, what="the woken leader to be fenced off")
+        m = await p.lead.metrics()
+        assert m["ingest_publishes_total"] > 0 and m["ingest_leader_changes_total"] == 2 and m["ingest_sim_live"] == 1
+        # Let the woken ingestor run a while as a standby: its stream is live again, it writes nothing.
+        await async_wait_for(lambda: len(p.books.messages) >= woke + 20, 10, what="more books from the new leader")
+        await p.books.settle()
+        after = [len(schema.decode(b)["bids"]) for c, b in p.books.messages[woke:] if not c.endswith("zz-settle")]
+        assert after and set(after) == {p.stand.depth}, f"the fenced ex-leader published {after.count(p.lead.depth)} books"
+        log = p.lead.log.read_text()
+        assert "lost the lease to ingest:" in log and "standing by" in log, log[-2000:]
 
 
 @pytest.mark.asyncio
 async def test_sigterm_hands_the_lease_over_at_once(redis_url: str, tmp_path: Path) -> None:
-    client = aredis.Redis.from_url(redis_url)
-    try:
-        async with own_sim(instruments=IDS) as sim, Listener(redis_url, "md:book:*") as books:
-            async with ingestors(f"127.0.0.1:{sim.port}", redis_url, tmp_path) as procs:
-                lead, stand = await roles(procs, client)
-                t0 = time.monotonic()
-                lead.popen.terminate()
-                elapsed = await takeover(books, t0, stand, client)
-                print(f"\ntakeover after SIGTERM: {elapsed:.3f} s")
-                assert elapsed < 0.6, f"fresh books {elapsed:.2f} s after SIGTERM: the lease (1 s) was not released"
-                assert await asyncio.to_thread(lead.popen.wait, 10) == 0
-                await books.settle()
-        log = lead.log.read_text()
-        assert "released the lease (token 1): stopping" in log, log[-2000:]
-        assert "took the lease (token 2)" in stand.log.read_text()
-        assert_in_order(books)
-    finally:
-        await client.aclose()
+    async with pair(redis_url, tmp_path) as p:
+        t0 = time.monotonic()
+        p.lead.popen.terminate()
+        elapsed = await p.takeover(t0)
+        print(f"\ntakeover after SIGTERM: {elapsed:.3f} s")
+        assert elapsed < 0.6, f"fresh books {elapsed:.2f} s after SIGTERM: the lease (1 s) was not released"
+        assert await asyncio.to_thread(p.lead.popen.wait, 10) == 0
+    assert "released the lease (token 1): stopping" in p.lead.log.read_text(), p.lead.log.read_text()[-2000:]
+    assert "took the lease (token 2)" in p.stand.log.read_text()
 
 
 @pytest.mark.asyncio

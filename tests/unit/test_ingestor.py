@@ -43,7 +43,7 @@ def test_lease_and_metrics_flags_and_variables(monkeypatch: pytest.MonkeyPatch, 
     assert cli.main(["ingest", "--metrics-host", "0.0.0.0"]) == 0
     assert (calls[-1].lease, calls[-1].metrics_port, calls[-1].metrics_host) == (0.5, 9108, "0.0.0.0")
     assert cli.main(["ingest", "--lease", "2"]) == 0 and calls[-1].lease == 2.0
-    # The heartbeat must outlive a takeover (about 1.25 lease periods without a renewal).
+    # The heartbeat must outlive a takeover (a lease period, and a little more, without a renewal).
     with pytest.raises(SystemExit) as info:
         cli.main(["ingest", "--lease", "2.5"])
     err = capsys.readouterr().err

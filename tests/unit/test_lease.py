@@ -118,3 +118,18 @@ def test_commands_carry_the_holder_the_fence_and_the_highest_token_seen() -> Non
     cmd = lease.renew(b"md:leader", b"md:heartbeat", b"", 3000)
     assert cmd[1].startswith(FENCE), "a renewal is a fenced write: it carries the heartbeat"
     assert cmd[2:] == (b"2", b"md:leader", b"md:heartbeat", b"42 ingest:me:1:aa", b"500", b"", b"3000")
+
+
+def test_a_standby_bids_again_right_after_the_lease_it_saw_expires() -> None:
+    lease = standby(period=1.0)
+    lease.acquired([0, b"3 ingest:other:2:bb", 900], 0.0)
+    assert lease.interval == 0.25, "far from expiry: every quarter period"
+    lease.acquired([0, b"3 ingest:other:2:bb", 120], 0.25)
+    assert lease.interval == pytest.approx(0.123), "its TTL, and a few ms, from when the bid was sent"
+    lease.acquired([0, b"3 ingest:other:2:bb", -1], 0.4)  # no TTL: never from our scripts, but harmless
+    assert lease.interval == 0.25
+    lease.acquired([0, b"3 ingest:other:2:bb", 50], 0.5)
+    lease.acquired([1, b"4 ingest:me:1:aa"], 0.6)
+    assert lease.interval == pytest.approx(1 / 3), "leading: renew every third"
+    lease.held_by(None)
+    assert lease.interval == 0.25
