@@ -13,13 +13,10 @@ bounded by the Redis round trip, not by the event rate. Every snapshot is taken 
 the end of a batch, where the simulator sends a checksum, so only verified books
 are published.
 
-Any number of ingestors may run; the lease task (marketdata.ingest.lease, the pure
-state) makes exactly one of them the leader. A standby runs the same reader and
-discards what is due; on taking the lease it republishes every book at once. Every
-write, the heartbeat included, is a script fenced by the lease value, so an
-ex-leader that wakes from a pause writes nothing; a refused write (`fenced_writes`)
-or renewal makes it a standby at once. The leader refreshes the heartbeat with each
-renewal while its stream is live, and releases the lease when it stops.
+Any number of ingestors may run; the lease task makes one of them the leader (see
+marketdata.ingest.lease for the lease, its fence and its timing). A standby runs the
+same reader and discards what is due; on taking the lease it republishes every book.
+A refused write or renewal (`fenced_writes`) makes a leader a standby at once.
 
 A gap or checksum mismatch invalidates every book and resubscribes: fresh
 snapshots replace the books. A lost simulator or Redis is retried with capped
@@ -98,20 +95,16 @@ class Ingestor:
         self.epoch: int | None = None  # the simulator's run, from its snapshots; kept across reconnects
         # Unique per process and per instance (tests run several in one process): the lease holder's name.
         self.source = f"ingest:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.lease = Lease(self.source, settings.lease)
+        self.lease = Lease(self.source, settings.lease)  # `lease.leading`: this one publishes
         self.metrics_port: int | None = None  # where /metrics listens, once running
         self._leader_key = self.keys.leader.encode()
         self._heartbeat_key = self.keys.heartbeat.encode()
         self._heartbeat_ms = max(1, round(settings.heartbeat_ttl * 1000))
         self._down_since = 0.0  # loop time the simulator stream went down
+        self._was_leading = False  # the role `_role_changed` last counted
         self._wakeup = asyncio.Event()
         self._live_event = asyncio.Event()
         self._redis: aredis.Redis | None = None
-
-    @property
-    def leading(self) -> bool:
-        """This ingestor holds the lease: it is the one that publishes."""
-        return self.lease.leading
 
     async def run(self) -> None:
         """Run until cancelled; raises UnknownInstrument when a requested instrument is not listed."""
@@ -232,10 +225,7 @@ class Ingestor:
         if self.live and not live:
             self._down_since = asyncio.get_running_loop().time()
         self.live = live
-        if live:
-            self._live_event.set()
-        else:
-            self._live_event.clear()
+        (self._live_event.set if live else self._live_event.clear)()
 
     # -- Redis side ----------------------------------------------------------
 
@@ -280,7 +270,7 @@ class Ingestor:
         self.stats.fenced_writes += len(errors)
         if self.lease.value == value:  # not already replaced by a newer lease of ours
             note = self.lease.held_by(holders[-1])  # type: ignore[arg-type]
-            self._role_changed(True, f"{note} (a write was fenced)")
+            self._role_changed(f"{note} (a write was fenced)")
 
     async def _redis_lost(self, exc: BaseException) -> None:
         """Retry until Redis answers, then make every book and the instrument list due again."""
@@ -318,7 +308,7 @@ class Ingestor:
 
     async def _lease_step(self, step: Step, started: float) -> None:
         assert self._redis is not None
-        lease, was, loop = self.lease, self.lease.leading, asyncio.get_running_loop()
+        lease, loop = self.lease, asyncio.get_running_loop()
         if step is Step.RELEASE:
             await self._release(f"the simulator stream has been down for {loop.time() - self._down_since:.1f} s")
             return
@@ -326,7 +316,8 @@ class Ingestor:
         keys = (self._leader_key, self.keys.leader_token.encode(), self._heartbeat_key)
         note: str | None = None
         try:
-            async with _timeout(lease.period):  # an answer later than that is moot
+            # Not one lease period: a reply waiting for us after a pause still counts; the next renewal's fence says who leads.
+            async with _timeout(REDIS_TIMEOUT):
                 if step is Step.ACQUIRE:
                     note = lease.acquired(await self._redis.execute_command(*lease.acquire(keys, beat, self._heartbeat_ms)), started)
                 else:
@@ -344,20 +335,21 @@ class Ingestor:
             if self.redis_up is False:
                 log.info("Redis %s answers the lease again", redact(self.settings.redis_url))
             self.redis_up = True
-        self._role_changed(was, note)
+        self._role_changed(note)
 
     def _redis_unreachable(self, exc: BaseException) -> None:
         if self.redis_up is not False:
-            log.warning("Redis %s did not answer the lease (%s); retrying every %.2f s", redact(self.settings.redis_url), exc, self.lease.interval)
+            log.warning("Redis %s did not answer the lease (%s); retrying every %.2f s", redact(self.settings.redis_url), str(exc) or type(exc).__name__, self.lease.interval)
         self.redis_up = False
 
-    def _role_changed(self, was: bool, note: str | None, lost: int = logging.WARNING) -> None:
-        """Log `note` (at level `lost` when we stopped leading); count a change of role; on taking the lease make every book due."""
-        leading = self.lease.leading
+    def _role_changed(self, note: str | None, lost: int = logging.WARNING) -> None:
+        """Log `note` (at `lost` if we stopped leading); count a change of role; on taking the lease republish all."""
+        leading, was = self.lease.leading, self._was_leading
         if note:
             log.log(lost if was and not leading else logging.INFO, note)
         if leading == was:
             return
+        self._was_leading = leading
         self.stats.leader_changes += 1
         if leading and self.queue is not None:
             self.queue.republish_all()
@@ -372,13 +364,13 @@ class Ingestor:
                 deleted = await self._redis.execute_command(*self.lease.release(self._leader_key))
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("could not release the lease (%s); a standby takes over when it expires", exc)
-            self._role_changed(True, self.lease.unreachable(asyncio.get_running_loop().time()))
+            self._role_changed(self.lease.unreachable(asyncio.get_running_loop().time()))
             return
         note = self.lease.released()
         if deleted:
-            self._role_changed(True, f"{note}: {why}", lost=logging.INFO)
+            self._role_changed(f"{note}: {why}", lost=logging.INFO)
         else:
-            self._role_changed(True, f"lost the lease before releasing it ({why})")
+            self._role_changed(f"lost the lease before releasing it ({why})")
 
 
 def run(settings: IngestSettings) -> int:

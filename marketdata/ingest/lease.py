@@ -215,7 +215,7 @@ class Lease:
         if self.leading and now >= self.until:
             self.value = None
             self.seen = None
-            return "lost the lease: Redis unreachable past its expiry; standing by"
+            return "lost the lease: it expired before Redis confirmed a renewal; standing by"
         return None
 
     def released(self) -> str:

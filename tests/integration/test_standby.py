@@ -113,10 +113,10 @@ async def test_two_ingestors_one_publishes_the_other_keeps_warm_books(redis_url:
         client = aredis.Redis.from_url(redis_url)
         try:
             async with running(settings_for(address, redis_url, depth=12)) as leader:
-                await async_wait_for(lambda: leader.leading, 10, what="the first ingestor to lead")
+                await async_wait_for(lambda: leader.lease.leading, 10, what="the first ingestor to lead")
                 async with running(settings_for(address, redis_url, depth=13)) as standby:
                     await async_wait_for(lambda: len(books.messages) >= 50 and standby.stats.events >= 200, 10, what="publishes, and a warm standby")
-                    assert not standby.leading and standby.live and standby.queue is not None
+                    assert not standby.lease.leading and standby.live and standby.queue is not None
                     assert all(standby.queue.books.is_ready(i) for i in IDS), "the standby's books are ready to publish"
                     holder = Holder.parse(await client.get("md:leader"))
                     assert holder is not None and holder.name == leader.source
@@ -144,12 +144,12 @@ async def test_a_leader_whose_lease_was_taken_is_fenced_at_its_next_write(redis_
     async with own_sim(instruments=IDS, rate=500.0) as sim, Listener(redis_url, "md:*") as bus:
         try:
             async with running(settings_for(f"127.0.0.1:{sim.port}", redis_url, lease=30.0)) as ing:
-                await async_wait_for(lambda: ing.leading and ing.stats.publishes >= 20, 10, what="the leader publishing")
+                await async_wait_for(lambda: ing.lease.leading and ing.stats.publishes >= 20, 10, what="the leader publishing")
                 # The lease changes hands behind its back (as after a pause), and a marker on the bus
                 # shows where: in Redis's own order, whatever runs after this transaction is refused.
                 async with client.pipeline(transaction=True) as steal:
                     await steal.set("md:leader", "99 ingest:intruder:9:ff").publish("md:zz-stolen", b"here").execute()
-                await async_wait_for(lambda: not ing.leading, 5, what="the leader to notice")
+                await async_wait_for(lambda: not ing.lease.leading, 5, what="the leader to notice")
                 assert ing.stats.fenced_writes >= 1 and ing.stats.leader_changes == 2
                 published = ing.stats.publishes
                 await async_wait_for(lambda: ing.stats.events >= 2 * published, 10, what="the ex-leader reading on")
@@ -357,12 +357,12 @@ async def test_a_leader_whose_stream_stays_down_lets_a_live_standby_publish(redi
     # Two simulators stand for one seen through two networks: the leader's goes away, the standby's stays.
     async with own_sim(instruments=IDS) as first, own_sim(instruments=IDS) as second, Listener(redis_url, "md:book:*") as books:
         async with running(settings_for(f"127.0.0.1:{first.port}", redis_url, depth=12)) as leader:
-            await async_wait_for(lambda: leader.leading, 10, what="the first ingestor to lead")
+            await async_wait_for(lambda: leader.lease.leading, 10, what="the first ingestor to lead")
             async with running(settings_for(f"127.0.0.1:{second.port}", redis_url, depth=13)) as standby:
                 await async_wait_for(lambda: standby.live and standby.stats.events >= 50, 10, what="a warm standby")
                 await first.stop(0)
-                await async_wait_for(lambda: standby.leading, 5, what="the standby to take over")
-                assert not leader.leading and not leader.live
+                await async_wait_for(lambda: standby.lease.leading, 5, what="the standby to take over")
+                assert not leader.lease.leading and not leader.live
                 await async_wait_for(lambda: first_books_after(books, 0.0, 13).keys() == set(IDS), 5, what="the standby's books")
     released = [r.getMessage() for r in caplog.records if "released the lease" in r.getMessage()]
     assert released and released[0].startswith("released the lease (token 1): the simulator stream has been down for 1."), released

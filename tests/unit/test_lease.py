@@ -96,7 +96,7 @@ def test_a_leader_refused_stands_by_at_once() -> None:
 def test_a_leader_that_cannot_reach_redis_stands_by_once_its_lease_has_surely_expired() -> None:
     lease = leader(sent=10.0)
     assert lease.unreachable(10.9) is None and lease.leading
-    assert lease.unreachable(11.0) == "lost the lease: Redis unreachable past its expiry; standing by"
+    assert lease.unreachable(11.0) == "lost the lease: it expired before Redis confirmed a renewal; standing by"
     assert not lease.leading
     assert standby().unreachable(99.0) is None
 
