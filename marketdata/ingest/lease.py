@@ -29,7 +29,9 @@ when the role changes. The timing, for a lease period P (default 1 s):
   lease, so a standby with a live stream can publish instead.
 
 The renewal also refreshes the heartbeat key while the stream is live: a fresh
-heartbeat means a live leader holds the lease right now.
+heartbeat means a live leader holds the lease right now. No heartbeat is written for
+at most P plus a round trip across a takeover; its TTL (default 3 s, at least 1.5 P)
+and the bridges' stale limit (3 s) outlast that, so /readyz stays ready.
 """
 
 from __future__ import annotations
