@@ -230,8 +230,11 @@ def build_parser() -> _Parser:
     p.opt("--prefix", "MD_PREFIX", str, "prefix of every Redis key and channel")
     p.opt("--instruments", "MD_INSTRUMENTS", id_list, "comma list of instruments to ingest (default: all the simulator lists)")
     p.flag("--coalesce", "MD_COALESCE", "publish one snapshot per changed instrument per drain (--no-coalesce: one per event)")
-    p.opt("--heartbeat-ttl", "MD_HEARTBEAT_TTL", positive_float, "seconds the heartbeat key lives without a refresh")
+    p.opt("--heartbeat-ttl", "MD_HEARTBEAT_TTL", positive_float, "seconds the heartbeat key lives without a refresh (at least 1.5 times --lease, so that a takeover never lets it lapse)")
     p.opt("--trades-history", "MD_TRADES_HISTORY", positive_int, "recent trades kept per instrument")
+    p.opt("--lease", "MD_INGEST_LEASE", positive_float, "seconds the publishing lease lasts unrenewed: of several ingestors one publishes, renewing it every third of this; the others take over within about this when it dies")
+    p.opt("--metrics-host", "MD_INGEST_METRICS_HOST", str, "interface the Prometheus endpoint listens on (0.0.0.0 for every interface)")
+    p.opt("--metrics-port", "MD_INGEST_METRICS_PORT", port, "port of the Prometheus endpoint /metrics (0: off)")
     _common(p)
 
     p = sub.add_parser("bridge", help="serve the dashboard and WebSockets from Redis", description="A stateless FastAPI bridge: Redis pub/sub in, WebSocket clients out. Start as many as you like.", settings=BridgeSettings)
@@ -309,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     depth = getattr(ns, "depth", None)
     if ns.command in ("up", "ingest") and depth is not None and depth < 10:
         command.error(f"--depth {depth}: at least 10 levels are needed for readers to verify the checksum")
+    if ns.command == "ingest" and ns.heartbeat_ttl < 1.5 * ns.lease:
+        command.error(f"--heartbeat-ttl {ns.heartbeat_ttl:g} is under 1.5 times --lease {ns.lease:g}: the feed would look stale during a takeover")
     logging.basicConfig(
         level=ns.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

@@ -58,6 +58,16 @@ class Keys:
         """Key the ingestor refreshes with a TTL while its feed is live."""
         return f"{self.prefix}:heartbeat"
 
+    @property
+    def leader(self) -> str:
+        """Key of the publishing lease: `TOKEN HOLDER` of the ingestor that publishes, with a TTL."""
+        return f"{self.prefix}:leader"
+
+    @property
+    def leader_token(self) -> str:
+        """Counter of lease acquisitions: the fencing token, which only grows."""
+        return f"{self.prefix}:leader:token"
+
     def instrument_of(self, channel: bytes | str) -> str:
         """The instrument id of a book or trades channel name."""
         name = channel.decode() if isinstance(channel, bytes) else channel

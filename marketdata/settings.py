@@ -35,8 +35,11 @@ class IngestSettings:
     prefix: str = "md"
     instruments: tuple[str, ...] = ()  # empty: every instrument the simulator lists
     coalesce: bool = True
-    heartbeat_ttl: float = 3.0  # seconds; refreshed every third of it
+    heartbeat_ttl: float = 3.0  # seconds; refreshed by the leader at each lease renewal; outlives a takeover
     trades_history: int = 50
+    lease: float = 1.0  # seconds the publishing lease lasts unrenewed; see marketdata.ingest.lease for the timing
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # Prometheus /metrics; 0: off
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
-"""The ingestor: simulator stream in, verified book snapshots out to Redis.
+"""The ingestor: simulator stream in, verified book snapshots out to Redis, by one of several.
 
-Two tasks share one `PublishQueue` (marketdata.ingest.publish_queue, the pure part). The reader
+Three tasks share one `PublishQueue` (marketdata.ingest.publish_queue, the pure part). The reader
 awaits gRPC batches and applies each one, whole, to `feed.Books` (which verifies
 seq and checksum), noting which books changed. The publisher waits until something
 changed, takes everything the reader gathered since its last turn, encodes one
@@ -13,10 +13,14 @@ bounded by the Redis round trip, not by the event rate. Every snapshot is taken 
 the end of a batch, where the simulator sends a checksum, so only verified books
 are published.
 
+Any number of ingestors may run; the lease task makes one of them the leader (see
+marketdata.ingest.lease for the lease, its fence and its timing). A standby runs the
+same reader and discards what is due; on taking the lease it republishes every book.
+A refused write or renewal (`fenced_writes`) makes a leader a standby at once.
+
 A gap or checksum mismatch invalidates every book and resubscribes: fresh
 snapshots replace the books. A lost simulator or Redis is retried with capped
-exponential backoff with jitter; the heartbeat key is refreshed only while the
-simulator stream is live. Each connection starts a new queue whose books are
+exponential backoff with jitter. Each connection starts a new queue whose books are
 the simulator's fresh snapshots, so after a restart (a new epoch, logged once)
 what is published is the new run's books, whose seqs start again, never a merge
 with the old run's.
@@ -28,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 from collections.abc import Iterable
@@ -36,7 +41,7 @@ import grpc
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from marketdata import schema
 from marketdata.backoff import Backoff
@@ -47,7 +52,9 @@ from marketdata.errors import (
     StreamEnded,
     UnknownInstrument,
 )
-from marketdata.ingest.publish_queue import IngestStats, PublishQueue, drain_commands
+from marketdata.ingest.lease import Fence, Lease, Step, refusal
+from marketdata.ingest.metrics import Gauges, MetricsServer
+from marketdata.ingest.publish_queue import IngestStats, PublishQueue, drain_commands, tally
 from marketdata.instruments import Instrument
 from marketdata.logs import redact
 from marketdata.settings import IngestSettings
@@ -76,7 +83,7 @@ def select_instruments(listed: Iterable[pb.Instrument], wanted: tuple[str, ...])
 
 
 class Ingestor:
-    """Subscribes to the simulator, rebuilds and verifies books, publishes snapshots to Redis."""
+    """Subscribes to the simulator, rebuilds and verifies books, publishes snapshots to Redis while it leads."""
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
@@ -84,8 +91,17 @@ class Ingestor:
         self.stats = IngestStats()
         self.queue: PublishQueue | None = None
         self.live = False  # the simulator stream is delivering
+        self.redis_up: bool | None = None  # the last round trip to Redis succeeded (None: none yet)
         self.epoch: int | None = None  # the simulator's run, from its snapshots; kept across reconnects
-        self.source = f"ingest:{socket.gethostname()}:{os.getpid()}"
+        # Unique per process and per instance (tests run several in one process): the lease holder's name.
+        self.source = f"ingest:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.lease = Lease(self.source, settings.lease)  # `lease.leading`: this one publishes
+        self.metrics_port: int | None = None  # where /metrics listens, once running
+        self._leader_key = self.keys.leader.encode()
+        self._heartbeat_key = self.keys.heartbeat.encode()
+        self._heartbeat_ms = max(1, round(settings.heartbeat_ttl * 1000))
+        self._down_since = 0.0  # loop time the simulator stream went down
+        self._was_leading = False  # the role `_role_changed` last counted
         self._wakeup = asyncio.Event()
         self._live_event = asyncio.Event()
         self._redis: aredis.Redis | None = None
@@ -93,17 +109,22 @@ class Ingestor:
     async def run(self) -> None:
         """Run until cancelled; raises UnknownInstrument when a requested instrument is not listed."""
         s = self.settings
+        metrics = MetricsServer(self.stats, self._gauges, s.metrics_host, s.metrics_port) if s.metrics_port else None
+        self.metrics_port = metrics.port if metrics is not None else None
         # No redis-py retries (we back off ourselves) and no socket_timeout: redis-py sends under
         # asyncio.wait_for when one is set, which on Python 3.11 can swallow a cancellation.
-        # REDIS_TIMEOUT bounds each round trip instead.
+        # REDIS_TIMEOUT bounds each round trip instead. client_name: `CLIENT LIST` tells ingestors apart.
         self._redis = aredis.Redis.from_url(
-            s.redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=None
+            s.redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=None,
+            client_name=self.source,
         )
-        log.info("publishing to Redis %s (prefix %r, depth %d, coalesce %s)", redact(s.redis_url), s.prefix, s.depth, "on" if s.coalesce else "off")
+        self._down_since = asyncio.get_running_loop().time()
+        log.info("ingesting for Redis %s as %s (prefix %r, depth %d, coalesce %s, lease %g s); publishing while it holds the lease",
+                 redact(s.redis_url), self.source, s.prefix, s.depth, "on" if s.coalesce else "off", s.lease)
         tasks = [
             asyncio.create_task(self._feed_loop(), name="ingest-feed"),
             asyncio.create_task(self._publish_loop(), name="ingest-publish"),
-            asyncio.create_task(self._heartbeat_loop(), name="ingest-heartbeat"),
+            asyncio.create_task(self._lease_loop(), name="ingest-lease"),
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -113,7 +134,15 @@ class Ingestor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._redis.aclose()
+            try:
+                await self._release("stopping")  # first: a standby takes over while we close the rest
+            finally:
+                if metrics is not None:
+                    await asyncio.to_thread(metrics.close)
+                await self._redis.aclose()
+
+    def _gauges(self) -> Gauges:
+        return Gauges(self.lease.leading, self.live, self.redis_up is True)
 
     # -- simulator side ------------------------------------------------------
 
@@ -193,11 +222,10 @@ class Ingestor:
         self.epoch = epoch
 
     def _set_live(self, live: bool) -> None:
+        if self.live and not live:
+            self._down_since = asyncio.get_running_loop().time()
         self.live = live
-        if live:
-            self._live_event.set()
-        else:
-            self._live_event.clear()
+        (self._live_event.set if live else self._live_event.clear)()
 
     # -- Redis side ----------------------------------------------------------
 
@@ -209,25 +237,45 @@ class Ingestor:
             await self._wakeup.wait()
             self._wakeup.clear()
             queue = self.queue
-            drain = queue.take(now_us()) if queue is not None else None
+            if queue is None:
+                continue
+            value = self.lease.value
+            if value is None:  # standing by: the books stay warm, nothing is written
+                queue.discard()
+                continue
+            drain = queue.take(now_us())
             if not drain:
                 continue
+            commands = drain_commands(drain, instruments_key, history, Fence(self._leader_key, value))
             pipe = self._redis.pipeline(transaction=False)
-            for command in drain_commands(drain, instruments_key, history):
+            for command in commands:
                 pipe.execute_command(*command)
             try:
                 async with _timeout(REDIS_TIMEOUT):
-                    await pipe.execute()
+                    results = await pipe.execute(raise_on_error=False)
             except (RedisError, OSError, TimeoutError) as exc:
                 await self._redis_lost(exc)
                 continue
-            stats.drains += 1
-            stats.publishes += len(drain.books)
-            stats.trade_publishes += drain.trade_count
+            self.redis_up = True
+            errors = tally(commands, results, stats)
+            if errors:
+                await self._refused(errors, value)
+
+    async def _refused(self, errors: list[Exception], value: bytes) -> None:
+        """Scripts of a drain written with lease `value` were refused: fenced (we lost the lease), or worse."""
+        holders = [refusal(str(e)) for e in errors]
+        if False in holders:
+            await self._redis_lost(errors[holders.index(False)])
+            return
+        self.stats.fenced_writes += len(errors)
+        if self.lease.value == value:  # not already replaced by a newer lease of ours
+            note = self.lease.held_by(holders[-1])  # type: ignore[arg-type]
+            self._role_changed(f"{note} (a write was fenced)")
 
     async def _redis_lost(self, exc: BaseException) -> None:
         """Retry until Redis answers, then make every book and the instrument list due again."""
         assert self._redis is not None
+        self.redis_up = False
         backoff = Backoff()
         while True:
             delay = backoff.next()
@@ -239,24 +287,90 @@ class Ingestor:
                 break
             except (RedisError, OSError, TimeoutError) as again:
                 exc = again
+        self.redis_up = True
         self.stats.redis_reconnects += 1
         if self.queue is not None:
             self.queue.republish_all()
         log.info("Redis %s reachable again; republishing every book", redact(self.settings.redis_url))
         self._wakeup.set()
 
-    async def _heartbeat_loop(self) -> None:
-        assert self._redis is not None
-        ttl_ms = max(1, round(self.settings.heartbeat_ttl * 1000))
-        interval = self.settings.heartbeat_ttl / 3
+    # -- the lease -----------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        """Renew the lease every P/3 while leading; bid for it every P/4 while standing by with a live stream."""
+        lease, loop = self.lease, asyncio.get_running_loop()
         while True:
-            await self._live_event.wait()
-            try:
-                async with _timeout(REDIS_TIMEOUT):
-                    await self._redis.set(self.keys.heartbeat, schema.encode_heartbeat(now_us(), self.source), px=ttl_ms)
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.debug("heartbeat not written: %s", exc)  # the publisher reports Redis outages
-            await asyncio.sleep(interval)
+            if not lease.leading and not self.live:
+                await self._live_event.wait()  # no books to publish: no bid
+            started = loop.time()
+            await self._lease_step(lease.step(self.live, 0.0 if self.live else started - self._down_since), started)
+            await asyncio.sleep(max(0.0, started + lease.interval - loop.time()))
+
+    async def _lease_step(self, step: Step, started: float) -> None:
+        assert self._redis is not None
+        lease, loop = self.lease, asyncio.get_running_loop()
+        if step is Step.RELEASE:
+            await self._release(f"the simulator stream has been down for {loop.time() - self._down_since:.1f} s")
+            return
+        beat = schema.encode_heartbeat(now_us(), self.source) if self.live else b""
+        keys = (self._leader_key, self.keys.leader_token.encode(), self._heartbeat_key)
+        note: str | None = None
+        try:
+            # Not one lease period: a reply waiting for us after a pause still counts; the next renewal's fence says who leads.
+            async with _timeout(REDIS_TIMEOUT):
+                if step is Step.ACQUIRE:
+                    note = lease.acquired(await self._redis.execute_command(*lease.acquire(keys, beat, self._heartbeat_ms)), started)
+                else:
+                    await self._redis.execute_command(*lease.renew(self._leader_key, self._heartbeat_key, beat, self._heartbeat_ms))
+                    lease.renewed(started)
+        except (RedisError, OSError, TimeoutError) as exc:
+            holder = refusal(str(exc)) if isinstance(exc, ResponseError) else False
+            if holder is False:
+                self._redis_unreachable(exc)
+                note = lease.unreachable(loop.time())
+            else:
+                self.stats.fenced_writes += 1  # the renewal, and the heartbeat it carried
+                note = lease.held_by(holder)  # type: ignore[arg-type]
+        else:
+            if self.redis_up is False:
+                log.info("Redis %s answers the lease again", redact(self.settings.redis_url))
+            self.redis_up = True
+        self._role_changed(note)
+
+    def _redis_unreachable(self, exc: BaseException) -> None:
+        if self.redis_up is not False:
+            log.warning("Redis %s did not answer the lease (%s); retrying every %.2f s", redact(self.settings.redis_url), str(exc) or type(exc).__name__, self.lease.interval)
+        self.redis_up = False
+
+    def _role_changed(self, note: str | None, lost: int = logging.WARNING) -> None:
+        """Log `note` (at `lost` if we stopped leading); count a change of role; on taking the lease republish all."""
+        leading, was = self.lease.leading, self._was_leading
+        if note:
+            log.log(lost if was and not leading else logging.INFO, note)
+        if leading == was:
+            return
+        self._was_leading = leading
+        self.stats.leader_changes += 1
+        if leading and self.queue is not None:
+            self.queue.republish_all()
+            self._wakeup.set()
+
+    async def _release(self, why: str) -> None:
+        """Delete the lease if it is still ours, so that a standby takes over at once."""
+        if self._redis is None or not self.lease.leading:
+            return
+        try:
+            async with _timeout(min(REDIS_TIMEOUT, self.lease.period)):
+                deleted = await self._redis.execute_command(*self.lease.release(self._leader_key))
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not release the lease (%s); a standby takes over when it expires", exc)
+            self._role_changed(self.lease.unreachable(asyncio.get_running_loop().time()))
+            return
+        note = self.lease.released()
+        if deleted:
+            self._role_changed(f"{note}: {why}", lost=logging.INFO)
+        else:
+            self._role_changed(f"lost the lease before releasing it ({why})")
 
 
 def run(settings: IngestSettings) -> int:

@@ -3,8 +3,9 @@
 Pure code (no gRPC, no Redis connection, no clock): `PublishQueue` applies
 simulator batches to `feed.Books` and keeps what is due since the last drain, one
 snapshot per changed instrument (coalescing); `drain_commands` turns a drain into a
-few pipelined Redis commands whatever its size. The ingestor is the shell that
-feeds it batches and sends the bytes.
+few pipelined Redis commands whatever its size, each one fenced by the publishing
+lease (marketdata.ingest.lease). The ingestor is the shell that feeds it batches and
+sends the bytes; a standby feeds it the same batches and `discard`s what is due.
 
 Every book and trade goes out with its epoch (the simulator's run). A snapshot of
 a new epoch replaces its book in `feed.Books`, so what is published after it is the
@@ -20,6 +21,7 @@ from marketdata import schema
 from marketdata.book import OrderBook
 from marketdata.errors import BookError
 from marketdata.feed import Books
+from marketdata.ingest.lease import FENCE, Command, Fence
 from marketdata.instruments import Instrument
 from marketdata.settings import IngestSettings
 from marketdata.v1 import market_data_pb2 as pb
@@ -46,6 +48,8 @@ class IngestStats:
     reconnects: int = 0  # simulator connections retried
     redis_reconnects: int = 0
     dropped: int = 0  # messages given up while Redis was away (trades; snapshots when not coalescing)
+    fenced_writes: int = 0  # scripts Redis refused because our lease value was no longer the lease's
+    leader_changes: int = 0  # times this ingestor took or lost the publishing lease
 
 
 @dataclass(slots=True)
@@ -143,7 +147,7 @@ class PublishQueue:
         self._trade_count += len(trades)
         if self._trade_count > MAX_PENDING:  # Redis is away: keep the newest of each instrument
             keep = MAX_PENDING // len(out)
-            for key, pending in out.items():
+            for pending in out.values():
                 if len(pending) > keep:
                     self.stats.dropped += len(pending) - keep
                     del pending[: len(pending) - keep]
@@ -176,8 +180,17 @@ class PublishQueue:
         """The simulator's epoch, as its last snapshot gave it; None before the first."""
         return self.books.epoch
 
+    def discard(self) -> None:
+        """Drop what is due without encoding it (a standby's turn); `republish_all` brings the books back."""
+        if self._changed:
+            self._last_ts.update(self._changed)
+            self._changed = {}
+        self._books_out = []
+        if self._trades_out:
+            self._trades_out, self._trade_count = {}, 0
+
     def republish_all(self) -> None:
-        """Make every usable book and the instrument list due again (after Redis came back)."""
+        """Make every usable book and the instrument list due again (Redis came back, or the lease was taken)."""
         self.instruments_due = True
         for name, ts in self._last_ts.items():
             if self.books.is_ready(name):
@@ -186,38 +199,63 @@ class PublishQueue:
 # PUBLISH, SET, LPUSH and LTRIM inside Redis, atomically, so a reader never sees a
 # key ahead of or behind its channel, and the ingestor packs one argument per
 # message instead of a whole command (redis-py takes about 20 us to pack a command).
-_BOOKS_LUA = b"""
-for i = 1, #KEYS do
+# Each starts with the lease's FENCE (KEYS[1] the lease key, ARGV[1] the writer's
+# value), so their own keys and arguments start at index 2, and each returns the
+# number of messages it published.
+_INSTRUMENTS_LUA = FENCE + b"""
+redis.call('SET', KEYS[2], ARGV[2])
+return 0
+"""
+_BOOKS_LUA = FENCE + b"""
+for i = 2, #KEYS do
   redis.call('SET', KEYS[i], ARGV[i])
   redis.call('PUBLISH', KEYS[i], ARGV[i])
 end
-return #KEYS
+return #KEYS - 1
 """
-_TRADES_LUA = b"""
-local keep = tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end
-for i = math.max(2, #ARGV - keep + 1), #ARGV do redis.call('LPUSH', KEYS[1], ARGV[i]) end
-redis.call('LTRIM', KEYS[1], 0, keep - 1)
-return #ARGV - 1
+_TRADES_LUA = FENCE + b"""
+local keep = tonumber(ARGV[2])
+for i = 3, #ARGV do redis.call('PUBLISH', KEYS[2], ARGV[i]) end
+for i = math.max(3, #ARGV - keep + 1), #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+redis.call('LTRIM', KEYS[2], 0, keep - 1)
+return #ARGV - 2
 """
 
 
-Command = tuple[bytes, ...]
+def drain_commands(drain: Drain, instruments_key: bytes, history: int, fence: Fence) -> list[Command]:
+    """The drain as a few fenced Redis commands for one pipelined round trip, whatever its size.
 
-
-def drain_commands(drain: Drain, instruments_key: bytes, history: int) -> list[Command]:
-    """The drain as a few Redis commands for one pipelined round trip, whatever its size.
-
-    SET of the instrument list; one EVAL that does SET + PUBLISH of every snapshot in
-    order; per instrument with trades, one EVAL that PUBLISHes each trade, LPUSHes the
-    newest `history` (so the list is newest first) and LTRIMs the list to `history`.
+    One EVAL that SETs the instrument list (when due); one that does SET + PUBLISH of
+    every snapshot in order; per instrument with trades, one that PUBLISHes each trade,
+    LPUSHes the newest `history` (so the list is newest first) and LTRIMs the list to
+    `history`. Each writes nothing unless the lease still holds `fence.value`.
     """
+    lease, value = fence.key, fence.value
     commands: list[Command] = []
     if drain.instruments is not None:
-        commands.append((b"SET", instruments_key, drain.instruments))
+        commands.append((b"EVAL", _INSTRUMENTS_LUA, b"2", lease, instruments_key, value, drain.instruments))
     if drain.books:
         keys = [k for k, _ in drain.books]
-        commands.append((b"EVAL", _BOOKS_LUA, b"%d" % len(keys), *keys, *[p for _, p in drain.books]))
+        commands.append((b"EVAL", _BOOKS_LUA, b"%d" % (len(keys) + 1), lease, *keys, value, *[p for _, p in drain.books]))
     for key, payloads in drain.trades.items():
-        commands.append((b"EVAL", _TRADES_LUA, b"1", key, b"%d" % history, *payloads))
+        commands.append((b"EVAL", _TRADES_LUA, b"2", lease, key, value, b"%d" % history, *payloads))
     return commands
+
+
+def tally(commands: Sequence[Command], results: Sequence[object], stats: IngestStats) -> list[Exception]:
+    """Count what a round trip of `drain_commands` published into `stats`; return the scripts' errors.
+
+    Each script answers the number of messages it published, or an error (a fence's
+    refusal, or anything else Redis refused) and then it wrote nothing.
+    """
+    errors: list[Exception] = []
+    for command, result in zip(commands, results):
+        if isinstance(result, Exception):
+            errors.append(result)
+        elif command[1] is _BOOKS_LUA:
+            stats.publishes += int(result)  # type: ignore[call-overload]
+        elif command[1] is _TRADES_LUA:
+            stats.trade_publishes += int(result)  # type: ignore[call-overload]
+    if len(errors) < len(commands):
+        stats.drains += 1
+    return errors

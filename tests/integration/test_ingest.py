@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable
 
@@ -54,13 +55,14 @@ async def running(settings: IngestSettings) -> AsyncIterator[Ingestor]:
 
 
 class Listener:
-    """A Redis subscriber that keeps (channel, payload) of every message on a pattern."""
+    """A Redis subscriber that keeps (channel, payload) of every message on a pattern, and when each arrived."""
 
     def __init__(self, url: str, pattern: str) -> None:
         # socket_timeout=None: with one, redis-py 8 on Python 3.11 can swallow the cancellation that stops us.
         self.client = aredis.Redis.from_url(url, socket_timeout=None)
         self.pattern = pattern
         self.messages: list[tuple[str, bytes]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each message, in the same order
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Listener:
@@ -75,6 +77,7 @@ class Listener:
         try:
             async for msg in pubsub.listen():
                 if msg["type"] == "pmessage":
+                    self.arrivals.append(time.monotonic())
                     self.messages.append((msg["channel"].decode(), msg["data"]))
         finally:
             await pubsub.aclose()

@@ -10,7 +10,8 @@ import pytest
 from marketdata import schema
 from marketdata.book import BID, OrderBook
 from marketdata.errors import ChecksumMismatch, SequenceGap
-from marketdata.ingest.publish_queue import IngestStats, PublishQueue, drain_commands
+from marketdata.ingest.lease import FENCE, Fence
+from marketdata.ingest.publish_queue import IngestStats, PublishQueue, drain_commands, tally
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
 from marketdata.settings import IngestSettings
 from marketdata.sim.model import Event as ModelEvent
@@ -18,6 +19,7 @@ from marketdata.sim.model import Model, Snapshot, Trade, Update
 from marketdata.v1 import market_data_pb2 as pb
 
 BTC, ETH = DEFAULT_INSTRUMENTS[0], DEFAULT_INSTRUMENTS[1]
+LEASE = Fence(b"md:leader", b"7 ingest:here:1:abc")
 
 
 def to_pb(ev: ModelEvent) -> pb.Event:
@@ -134,11 +136,14 @@ def test_a_drain_is_a_few_commands_whatever_its_size() -> None:
     drain = box.take(pts=3)
     trades = drain.trades[b"md:trades:BTC-USD"]
     assert len(trades) > 3 and list(drain.trades) == [b"md:trades:BTC-USD"], "the model should have traded in 3000 events"
-    commands = drain_commands(drain, b"md:instruments", history=3)
+    commands = drain_commands(drain, b"md:instruments", history=3, fence=LEASE)
     assert len(commands) == 3
-    assert commands[0] == (b"SET", b"md:instruments", drain.instruments)
-    assert commands[1][0] == b"EVAL" and commands[1][2:] == (b"2", b"md:book:BTC-USD", b"md:book:ETH-USD", *(p for _, p in drain.books))
-    assert commands[2][0] == b"EVAL" and commands[2][2:] == (b"1", b"md:trades:BTC-USD", b"3", *trades)
+    lease, value = LEASE.key, LEASE.value
+    # Every script starts with the fence, which reads the lease key (KEYS[1]) and the writer's value (ARGV[1]).
+    assert all(c[0] == b"EVAL" and c[1].startswith(FENCE) for c in commands)
+    assert commands[0][2:] == (b"2", lease, b"md:instruments", value, drain.instruments)
+    assert commands[1][2:] == (b"3", lease, b"md:book:BTC-USD", b"md:book:ETH-USD", value, *(p for _, p in drain.books))
+    assert commands[2][2:] == (b"2", lease, b"md:trades:BTC-USD", value, b"3", *trades)
     assert not box.take(pts=4)
 
 
@@ -162,7 +167,8 @@ def test_keys_follow_the_prefix_and_snapshots_the_depth() -> None:
     assert set(drain.trades) <= {b"desk7:trades:BTC-USD"}
     book = schema.decode(payload)
     assert len(book["bids"]) == 10 and len(book["asks"]) == 10
-    assert drain_commands(drain, b"desk7:instruments", history=50)[0] == (b"SET", b"desk7:instruments", drain.instruments)
+    fence = Fence(b"desk7:leader", b"1 x")
+    assert drain_commands(drain, b"desk7:instruments", history=50, fence=fence)[0][2:] == (b"2", b"desk7:leader", b"desk7:instruments", b"1 x", drain.instruments)
 
 
 def test_events_of_a_book_waiting_for_its_snapshot_are_not_written() -> None:
@@ -220,8 +226,50 @@ def test_trades_held_while_redis_is_away_keep_the_newest_of_every_instrument(mon
 def test_commands_of_a_drain_with_books_only_or_nothing() -> None:
     m, box = model((BTC,)), queue((BTC,))
     box.take(pts=0)  # the instrument list
-    assert drain_commands(box.take(pts=1), b"md:instruments", history=50) == []
+    assert drain_commands(box.take(pts=1), b"md:instruments", history=50, fence=LEASE) == []
     box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
     drain = box.take(pts=2)
-    (command,) = drain_commands(drain, b"md:instruments", history=50)
-    assert command[0] == b"EVAL" and command[2:] == (b"1", b"md:book:BTC-USD", drain.books[0][1])
+    (command,) = drain_commands(drain, b"md:instruments", history=50, fence=LEASE)
+    assert command[0] == b"EVAL" and command[2:] == (b"2", b"md:leader", b"md:book:BTC-USD", LEASE.value, drain.books[0][1])
+
+
+def test_a_standby_discards_what_is_due_and_republishes_it_all_when_it_leads() -> None:
+    m, box = model(), queue()
+    box.apply([to_pb(m.snapshot("BTC-USD", 1)), to_pb(m.snapshot("ETH-USD", 1))], pts=1)
+    box.apply([to_pb(e) for e in m.generate("BTC-USD", 300, ts=5)], pts=2)
+    box.discard()
+    drain = box.take(pts=3)
+    assert not drain.books and not drain.trades, "discarded: nothing left to publish"
+    assert drain.instruments is not None, "the instrument list stays due until a leader writes it"
+    box.republish_all()  # the lease was taken
+    books = {k: schema.decode(p) for k, p in box.take(pts=4).books}
+    assert set(books) == {b"md:book:BTC-USD", b"md:book:ETH-USD"}
+    btc = books[b"md:book:BTC-USD"]
+    assert (btc["seq"], btc["checksum"], btc["ts"]) == (m.book("BTC-USD").seq, m.book("BTC-USD").checksum(), 5)
+
+
+def test_a_standby_without_coalescing_drops_its_pending_snapshots() -> None:
+    m, box = model((BTC,)), queue((BTC,), coalesce=False)
+    box.apply([to_pb(m.snapshot("BTC-USD", 1))], pts=1)
+    box.apply([to_pb(e) for e in m.generate("BTC-USD", 20, ts=2)], pts=2)
+    box.discard()
+    assert not box.take(pts=3).books and box.stats.dropped == 0
+    box.republish_all()
+    (_key, payload), = box.take(pts=4).books
+    assert schema.decode(payload)["seq"] == m.book("BTC-USD").seq
+
+
+def test_tally_counts_what_each_script_published_and_returns_the_refusals() -> None:
+    m, box = model(), queue()
+    box.apply([to_pb(m.snapshot("BTC-USD", 1)), to_pb(m.snapshot("ETH-USD", 1))], pts=1)
+    box.apply([to_pb(e) for e in m.generate("BTC-USD", 3000, ts=2)], pts=2)
+    drain = box.take(pts=3)
+    commands = drain_commands(drain, b"md:instruments", history=3, fence=LEASE)
+    stats = IngestStats()
+    assert tally(commands, [0, 2, 40], stats) == []
+    assert (stats.publishes, stats.trade_publishes, stats.drains) == (2, 40, 1)
+    refused = Exception("FENCED 8 ingest:there:2:def")
+    assert tally(commands, [0, refused, 5], stats) == [refused]
+    assert (stats.publishes, stats.trade_publishes, stats.drains) == (2, 45, 2)
+    assert tally(commands, [refused] * 3, stats) == [refused] * 3
+    assert stats.drains == 2, "a round trip that wrote nothing is not a drain"
