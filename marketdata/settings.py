@@ -80,6 +80,7 @@ class UpSettings:
     host: str = "127.0.0.1"
     port: int = 8000  # first bridge; the others count upward
     bridges: int = 2
+    ingestors: int = 2  # one leads and publishes, the others stand by with warm books
     redis_url: str | None = None  # None: start the embedded server
     sim_port: int = 50051
     rate: float = 20.0

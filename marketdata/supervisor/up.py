@@ -1,10 +1,10 @@
 """`marketdata up`: the whole system in one terminal.
 
-Starts the embedded Redis (unless --redis-url names one), the simulator, the
-ingestor and N bridges as child processes, prefixes their logs, prints where to
+Starts the embedded Redis (unless --redis-url names one), the simulator, N
+ingestors (one leads, the others stand by) and N bridges as child processes, prefixes their logs, prints where to
 look, and restarts a child that dies. Whatever ends `up` (Ctrl-C, SIGTERM, SIGHUP
 from a closed terminal, a closed output pipe), it stops everything in order: the
-bridges first (their sockets close with 1001), then the ingestor, the simulator,
+bridges first (their sockets close with 1001), then the ingestors, the simulator,
 and Redis last, leaving no process and no port behind. The children lead their own
 process groups, so a Ctrl-C reaches only `up`, which keeps that order; on Linux they
 also die with `up` when it is killed with SIGKILL (see processes.py; on macOS a
@@ -95,9 +95,10 @@ def plan(settings: UpSettings, redis_url: str, output: Output) -> list[Child]:
     children = [
         Child("sim", ["sim", "--host", "127.0.0.1", "--port", str(settings.sim_port),
                       "--rate", str(settings.rate), "--seed", str(settings.seed), *level], output),
-        Child("ingest", ["ingest", "--sim", sim_addr, "--redis-url", redis_url,
-                         "--depth", str(settings.depth), *level], output),
     ]
+    for i in range(settings.ingestors):
+        children.append(Child(f"ingest-{i + 1}", ["ingest", "--sim", sim_addr, "--redis-url", redis_url,
+                                                   "--depth", str(settings.depth), *level], output))
     for i in range(settings.bridges):
         children.append(Child(f"bridge-{i + 1}", ["bridge", "--host", settings.host, "--port",
                                                    str(settings.port + i), "--redis-url", redis_url, *level], output))

@@ -253,8 +253,9 @@ ENDINGS = {
 def test_whatever_ends_up_no_child_and_no_port_is_left(start_up: Callable[..., Up], ending: str) -> None:
     up = start_up(bridges=1, merged=ending == "output-closed")
     roles = _children(up)
-    assert sorted(roles) == ["bridge", "ingest", "redis", "sim"] and all(len(g) == 1 for g in roles.values()), roles
-    children = [group[0] for group in roles.values()]
+    counts = {role: len(group) for role, group in roles.items()}
+    assert counts == {"bridge": 1, "ingest": 2, "redis": 1, "sim": 1}, roles  # two ingestors: a leader and a standby
+    children = [child for group in roles.values() for child in group]
     for child in children:  # so that a Ctrl-C reaches only up, which stops them in order
         assert os.getpgid(child.pid) not in (os.getpgid(up.proc.pid), os.getpgid(0)), f"{_role(child)} shares a process group"
     ports = [up.port, up.sim_port, up.redis_port]
@@ -272,7 +273,7 @@ def test_whatever_ends_up_no_child_and_no_port_is_left(start_up: Callable[..., U
     assert code == 1001, f"the bridge closed its socket with {code}, not 1001 (going away)"
     if ending != "output-closed":  # the log went into the closed pipe
         log = up.log
-        steps = [log.find(f"{name} stopped") for name in ("bridge-1", "ingest", "sim", "redis")]
+        steps = [log.find(f"{name} stopped") for name in ("bridge-1", "ingest-2", "ingest-1", "sim", "redis")]
         assert -1 not in steps and steps == sorted(steps), f"not stopped in order (bridges, ingest, sim, redis):\n{log}"
         assert "did not stop within" not in log, log
 
