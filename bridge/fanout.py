@@ -202,8 +202,11 @@ class Fanout:
         try:
             value = await self._upstream.last_value(topic.channel)
         except REDIS_ERRORS as exc:
-            log.debug("could not read %s to check a book: %s", topic.channel.decode(), exc)
-            value = None
+            topic.checking = False
+            held, topic.candidate = topic.candidate, None
+            if held is not None:  # unconfirmed, not refused: the next book of its epoch asks again
+                self._reject(topic, ORDER, f"epoch {held.epoch} seq {held.seq} not confirmed: {exc}")
+            return
         topic.checking = False
         held, topic.candidate = topic.candidate, None
         if held is None or self._topics.get(topic.channel) is not topic:

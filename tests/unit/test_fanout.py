@@ -26,6 +26,7 @@ class FakeUpstream:
     gets: int = 0
     flowing: int = 0
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    error: OSError | None = None  # raised by the next GET
 
     def __post_init__(self) -> None:
         self.gate.set()
@@ -36,6 +37,9 @@ class FakeUpstream:
     async def last_value(self, channel: bytes) -> bytes | None:
         self.gets += 1
         await self.gate.wait()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
         return self.keys.get(channel)
 
     def books_flowing(self) -> None:
@@ -162,6 +166,20 @@ async def test_a_real_new_epoch_is_adopted_at_once_and_marked_reset(rig: Rig) ->
     rig.fanout.deliver(TRADES, trade(5, epoch=E2))
     assert sink.places()[3:] == [(E2, 3, False), (E2, 4, False), (E2, 5, False)]
     assert rig.stats.stale == 0 and sum(rig.stats.books_rejected.values()) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_check_that_cannot_reach_redis_refuses_nothing(rig: Rig) -> None:
+    sink = Sink()
+    rig.want(sink)
+    rig.start(snapshot(9, epoch=E1))
+    rig.upstream.error = ConnectionError("redis went away")
+    rig.publish(snapshot(0, epoch=E2))
+    await rig.checked()
+    assert rig.stats.books_rejected["order"] == 1 and rig.topics[BOOK].epoch == E1
+    rig.publish(snapshot(1, epoch=E2))  # asks again at once: the epoch was not refused
+    await rig.checked()
+    assert sink.places() == [(E1, 9, False), (E2, 1, True)]
 
 
 @pytest.mark.asyncio
