@@ -6,7 +6,7 @@ backoff, clock), never another role (`marketdata.sim`, `.ingest`, `.client`,
 
 Rooms: `app` (routes, server), `handshake` (the request-head deadline), `endpoints`,
 `control`, `origins`, `limits` (the WebSockets);
-`hub`, `topic`, `fanout` (sockets, channels, the hot path); `bus`, `subscriptions`,
+`hub`, `topic`, `fanout`, `verify` (sockets, channels, the hot path); `bus`, `subscriptions`,
 `feed_state`, `instrument_list` (Redis); `latest_slot`, `frames`, `transport` (a
 socket's way out); `metrics`, `tasks`. docs/architecture.md has the whole layout.
 """

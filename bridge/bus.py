@@ -6,7 +6,8 @@ everything and fetches the last values again; meanwhile the feed state says so, 
 sockets stay open. The syncer makes the subscriptions follow what the listener (the
 hub) wants whenever that changes. The poller reads the ingestor's heartbeat about once
 a second (bridge.feed_state) and reloads the instrument list (bridge.instrument_list)
-every few seconds.
+every few seconds. Verified books arriving also count as news of the feed
+(`books_flowing`): a feed that comes back is live at once, not at the next poll.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bridge.tasks import spawn, stop
 from marketdata.backoff import Backoff
 from marketdata.clock import now_us
 from marketdata.errors import UnknownInstrument
+from marketdata.instruments import Instrument
 from marketdata.logs import redact
 from marketdata.schema import Keys
 from marketdata.settings import BridgeSettings
@@ -150,6 +152,18 @@ class Bus:
 
     async def get(self, key: str) -> bytes | None:
         return await self._redis.get(key)
+
+    async def last_value(self, channel: bytes) -> bytes | None:
+        """The last-value key of a book channel (it has the channel's name): one GET."""
+        return await self._redis.get(channel)
+
+    def instrument(self, instrument_id: str) -> Instrument | None:
+        """The listed instrument of that id (its tick and lot sizes verify its books), None if not listed."""
+        return self.instruments.get(instrument_id)
+
+    def books_flowing(self) -> None:
+        """Verified live books arrive: the feed is live now, whatever the last poll saw (bridge.feed_state)."""
+        self._state.books_arrived()
 
     async def lookup(self, instrument: str) -> None:
         """Return if `instrument` is listed; raise UnknownInstrument if not (after a refresh, at most one a second)."""

@@ -1,9 +1,14 @@
 """Whether the feed a bridge relays is live, and why not: what /readyz and every socket's `feed` message say.
 
-Three inputs make the verdict: Redis reachable (the bus polls it about once a
-second), the pub/sub connection up, and the age of the ingestor's heartbeat key.
-`FeedState` holds them and reports each change of the verdict, never a repeat.
-No I/O here: the bus feeds it what it saw and a clock.
+Four inputs make the verdict: Redis reachable (the bus polls it about once a
+second), the pub/sub connection up, the age of the ingestor's heartbeat key, and
+when verified books last arrived. Books are the freshest news there is: they prove
+that Redis answers and the ingestor publishes, so a feed whose books flow again is
+live at once, not at the next poll; when they stop, the heartbeat alone decides
+again, so the poll still marks the feed stale once both are gone (books quiet for
+`stale_after` and the heartbeat missing or old). `FeedState` holds the inputs and
+reports each change of the verdict, never a repeat. No I/O here: the bus feeds it
+what it saw and a clock.
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ class Feed:
     reason: str
 
 
-def feed_reason(redis_ok: bool, bus_up: bool, heartbeat: bytes | None, now_us: int, stale_after: float) -> str | None:
-    """Why the feed is not live, or None when it is."""
+def feed_reason(
+    redis_ok: bool, bus_up: bool, heartbeat: bytes | None, now_us: int, stale_after: float, books_at: int | None = None
+) -> str | None:
+    """Why the feed is not live, or None when it is; `books_at` is when verified books last arrived (µs)."""
+    if bus_up and books_at is not None and now_us - books_at <= stale_after * 1_000_000:
+        return None  # books came through pub/sub just now: Redis answers and the ingestor publishes
     if not redis_ok:
         return "redis unreachable"
     if not bus_up:
@@ -59,6 +68,7 @@ class FeedState:
         self.redis_ok = False
         self.bus_up = False
         self.heartbeat: bytes | None = None
+        self.books_at: int | None = None  # wall µs when verified books last arrived
         self.holding = False
         self.feed = Feed(False, clock(), "starting")
 
@@ -72,9 +82,17 @@ class FeedState:
         self.redis_ok = False
         self.update()
 
+    def books_arrived(self) -> None:
+        """Verified live books arrived (the hot path calls this per book: cheap unless the verdict changes)."""
+        self.books_at = self._clock()
+        if not self.feed.live:
+            self.update()
+
     def connected(self, up: bool) -> None:
-        """The pub/sub connection went up or down."""
+        """The pub/sub connection went up or down (books from before a drop prove nothing after it)."""
         self.bus_up = up
+        if not up:
+            self.books_at = None
         self.update()
 
     def update(self) -> None:
@@ -82,7 +100,7 @@ class FeedState:
         if self.holding:
             return
         now_us = self._clock()
-        reason = feed_reason(self.redis_ok, self.bus_up, self.heartbeat, now_us, self._stale_after)
+        reason = feed_reason(self.redis_ok, self.bus_up, self.heartbeat, now_us, self._stale_after, self.books_at)
         live = reason is None
         reason = reason or "live"
         if live == self.feed.live and reason == self.feed.reason:

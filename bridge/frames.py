@@ -42,12 +42,13 @@ class Message:
     payload: bytes
     frame: bytes
     received: float  # loop time of arrival, for the latency histogram
-    reset: bool = False  # the feed's sequence went back: receivers forget what they had
+    reset: bool = False  # the first of a newly adopted epoch: receivers replace what they had, not compare seqs
+    epoch: int = 0  # with seq, the message's place in its instrument's order
     _event: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, payload: bytes, seq: int = 0, received: float = 0.0, reset: bool = False) -> Message:
-        return cls(seq, payload, text_frame(payload), received, reset)
+    def of(cls, payload: bytes, seq: int = 0, received: float = 0.0, reset: bool = False, epoch: int = 0) -> Message:
+        return cls(seq, payload, text_frame(payload), received, reset, epoch)
 
     def event(self) -> dict[str, Any]:
         """The ASGI send event, made on first use and shared by every socket."""

@@ -5,8 +5,8 @@ it, and `deliver` a payload that arrived on a channel. The hub owns the local
 sockets and, through its `Bus` (bridge.bus), the Redis subscriptions: the first
 socket that wants a channel makes the bus subscribe, the last one to leave makes
 it unsubscribe, whatever the number of sockets in between. What arrives goes
-through bridge.fanout: checked, ordered, kept in the channel's `Topic`, and handed
-to every socket of it.
+through bridge.fanout: verified, ordered by (epoch, seq), kept in the channel's
+`Topic`, and handed to every socket of it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from bridge.frames import Message
 from bridge.metrics import Gauges, Stats
 from bridge.tasks import spawn, stop
 from bridge.topic import Sink, Topic
+from bridge.verify import Rejected, verify_book
 from marketdata.logs import Throttled
 from marketdata.schema import Keys
 from marketdata.settings import BridgeSettings
@@ -53,9 +54,10 @@ class Hub:
 
     async def __aenter__(self) -> Hub:
         self._loop = asyncio.get_running_loop()
-        self._fanout = Fanout(self._topics, self._stats, self._loop)
+        self._fanout = Fanout(self._topics, self._stats, self._loop, self._bus)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self._bus)
+            stack.push_async_callback(self._fanout.aclose)  # checks in flight stop before the bus closes
             watch = spawn(self._watch(), "bridge-hub-watch")
             stack.push_async_callback(stop, (watch,))
             self._stack = stack.pop_all()
@@ -92,9 +94,9 @@ class Hub:
         The caller checked the id with `lookup`.
         """
         book, trade = self._channels(instrument)
-        self._join(sink, book, trades=False)
+        self._join(sink, book, instrument, None)
         if trades:
-            self._join(sink, trade, trades=True)
+            self._join(sink, trade, instrument, book)
         else:
             self._leave(sink, trade)
 
@@ -109,14 +111,16 @@ class Hub:
             names = self._names[instrument] = (self._keys.book(instrument).encode(), self._keys.trades(instrument).encode())
         return names
 
-    def _join(self, sink: Sink, channel: bytes, trades: bool) -> None:
+    def _join(self, sink: Sink, channel: bytes, instrument: str, book_channel: bytes | None) -> None:
+        """`sink` joins `channel`: the book channel of `instrument`, or its trades when `book_channel` is given."""
         mine = self._interest.setdefault(sink, set())
         if channel in mine:
             return
         mine.add(channel)
+        trades = book_channel is not None
         topic = self._topics.get(channel)
         if topic is None:
-            topic = self._topics[channel] = Topic(channel, trades)
+            topic = self._topics[channel] = Topic(channel, trades, instrument, book_channel or b"")
             self._bus.changed()
         topic.sinks[sink] = None
         topic.fanout = tuple(topic.sinks)
@@ -212,7 +216,12 @@ class Hub:
         if topic is not None and topic.latest is not None:
             return topic.latest.payload
         raw = await self._bus.get(channel.decode())
-        if raw is None or self._fanout.check(channel, raw) is None:
+        if raw is None:
+            return None
+        try:
+            verify_book(raw, instrument, self._bus.instrument(instrument))
+        except Rejected as exc:
+            log.debug("not serving the book of %s: %s", instrument, exc)
             return None
         return raw
 

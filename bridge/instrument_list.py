@@ -1,4 +1,5 @@
-"""The instrument list as the ingestor published it: the ids a request may name, and the JSON /api/instruments serves.
+"""The instrument list as the ingestor published it: the ids a request may name, their tick and lot sizes
+(what the bridge verifies book checksums with), and the JSON /api/instruments serves.
 
 The bus reloads it every few seconds and, at most once a second, when a request
 names an id it does not know (a new instrument appears without a bridge restart).
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 
 from marketdata.errors import MessageError
+from marketdata.instruments import Instrument
 from marketdata.logs import Throttled
 from marketdata.schema import decode_instruments
 
@@ -27,13 +29,17 @@ class InstrumentList:
         self._redis = redis
         self._key = key
         self._clock = clock
-        self._ids: frozenset[str] = frozenset()
+        self._by_id: dict[str, Instrument] = {}
         self.json = b"[]"
         self._loaded_at = -math.inf
         self._bad = Throttled(log)
 
     def __contains__(self, instrument: str) -> bool:
-        return instrument in self._ids
+        return instrument in self._by_id
+
+    def get(self, instrument: str) -> Instrument | None:
+        """The listed instrument of that id, or None."""
+        return self._by_id.get(instrument)
 
     def due(self, every: float) -> bool:
         """True when the last load began `every` seconds ago or more."""
@@ -50,6 +56,6 @@ class InstrumentList:
         except MessageError as exc:
             self._bad(logging.WARNING, "ignored a bad instrument list in %s: %s", self._key, exc)
             return
-        self._ids = frozenset(i.id for i in listed)
+        self._by_id = {i.id: i for i in listed}
         self.json = raw
         log.info("instruments: %s", ", ".join(i.id for i in listed) or "none")

@@ -62,7 +62,7 @@ class LatestSlot:
         self._wire = RawWire.attach(send) if raw else None
         self._stats = stats
         self._grace = grace  # seconds a closed slow client has to read its close frame
-        self._seen: dict[bytes, int] = {}  # channel -> highest seq given to this socket
+        self._seen: dict[bytes, Message] = {}  # channel -> the last message given to this socket: its place in the order
         self._pending: dict[object, _Pending] = {}  # slot key -> message(s) waiting, in first-offer order
         self._controls = 0  # control keys are ints counting up; this is the next one
         self._wake = asyncio.Event()
@@ -83,15 +83,20 @@ class LatestSlot:
     # -- the hot path ------------------------------------------------------------
 
     def _handled_now(self, key: bytes, msg: Message) -> bool:
-        """Drop a message older than what the socket has, or write it at once when nothing
-        waits and the socket can take it; False when it must wait in `_pending`."""
+        """Drop a message not after what the socket has, or write it at once when nothing
+        waits and the socket can take it; False when it must wait in `_pending`.
+
+        After is a higher seq of the same epoch, or anything marked `reset` (the first
+        message of a newly adopted epoch: replace, never compare seqs across epochs).
+        """
         if self.closed:
             return True
         seen = self._seen
-        if msg.seq <= seen.get(key, -1) and not msg.reset:
+        last = seen.get(key)
+        if last is not None and not msg.reset and (msg.seq <= last.seq or msg.epoch != last.epoch):
             self._stats.stale += 1
             return True
-        seen[key] = msg.seq
+        seen[key] = msg
         if not self._pending and not self._batch and self._wire is not None and self._wire.ready():
             self._wire.write(msg.frame)
             self._stats.messages_out += 1

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 
 from bridge.limits import REFUSALS
+from bridge.verify import REASONS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -64,8 +65,9 @@ class Stats:
     messages_out: int = 0  # messages written to sockets (a batch frame counts each message in it)
     conflated: int = 0  # pending messages overwritten by a newer one before a slow socket took them
     bus_conflated: int = 0  # books skipped because a newer one of the channel came in the same read from Redis
-    stale: int = 0  # messages dropped because the receiver already had that seq or a newer one
+    stale: int = 0  # messages dropped because the receiver already had that (epoch, seq) or a later one, or a trade of an epoch not adopted
     bad_messages: int = 0  # garbage payloads on a channel, dropped
+    books_rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))  # by bridge.verify reason
     slow_consumer_closes: int = 0
     origin_rejects: int = 0
     refusals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))  # reason -> count (bridge.limits)
@@ -88,7 +90,7 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("bridge_messages_out", "messages_out", "Messages written to WebSocket clients."),
     ("bridge_conflated", "conflated", "Pending messages replaced by a newer one for a slow client (latest-only)."),
     ("bridge_bus_conflated", "bus_conflated", "Books skipped for a newer one of the same channel read from Redis at once (bridge behind the feed)."),
-    ("bridge_stale_dropped", "stale", "Messages not sent because the client already had that sequence or a newer one."),
+    ("bridge_stale_dropped", "stale", "Messages not sent because the receiver already had that (epoch, seq) or a later one, or trades of an epoch not adopted."),
     ("bridge_bad_messages", "bad_messages", "Garbage messages on a Redis channel, logged and dropped."),
     ("bridge_slow_consumer_closes", "slow_consumer_closes", "Sockets closed 1008 for staying stuck in a send."),
     ("bridge_origin_rejects", "origin_rejects", "WebSocket handshakes refused for a disallowed Origin."),
@@ -121,6 +123,10 @@ class _Collector:
         for reason, n in s.refusals.items():
             refusals.add_metric((reason,), n)
         yield refusals
+        rejected = CounterMetricFamily("bridge_books_rejected", "Books dropped before fan-out because they did not prove themselves, by reason.", labels=["reason"])
+        for reason, n in s.books_rejected.items():
+            rejected.add_metric([reason], n)
+        yield rejected
         yield HistogramMetricFamily(
             "bridge_send_latency_seconds",
             "Seconds from a message's arrival from Redis to its write on a socket.",

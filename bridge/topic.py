@@ -1,8 +1,11 @@
 """One Redis channel some local sockets want, and what the hub knows of it; and what a socket is to the hub.
 
 A book channel's topic keeps the newest snapshot, so a new socket gets it with no
-round trip to Redis. A trades channel's topic keeps the recent trades, as many as
-the ingestor's list held when the bridge read it (its --trades-history).
+round trip to Redis, and the place in the order it has reached: the epoch adopted
+and, while one is checked against Redis, the newest book waiting for that check
+(bridge.fanout says when). A trades channel's topic keeps the recent trades, as many
+as the ingestor's list held when the bridge read it (its --trades-history), and
+follows the epoch of its instrument's book topic.
 """
 
 from __future__ import annotations
@@ -35,14 +38,19 @@ class Topic:
 
     channel: bytes  # also the key of the sockets' slot for it
     trades: bool
+    instrument: str = ""  # the id every message on the channel must name
+    book_channel: bytes = b""  # trades channels: the channel of the instrument's books, whose epoch they follow
     sinks: dict[Sink, None] = field(default_factory=dict)
     fanout: tuple[Sink, ...] = ()  # sinks, frozen for the hot loop
-    latest: Message | None = None  # book channels: the newest snapshot
-    provisional_until: float = 0.0  # loop time until which `latest` came from a fetch and may be ahead of live
+    latest: Message | None = None  # book channels: the newest snapshot forwarded
+    epoch: int | None = None  # book channels: the epoch adopted (None: none yet)
+    candidate: Message | None = None  # book channels: the newest book waiting to be checked against Redis
+    checking: bool = False  # a check of `candidate` is in flight (at most one per instrument)
+    refused: int | None = None  # an epoch whose check failed, not checked again before `refused_until` (loop time)
+    refused_until: float = 0.0
     recent: deque[Message] = field(default_factory=lambda: deque(maxlen=MIN_REPLAY))  # trades, oldest first
     early: deque[Message] = field(default_factory=lambda: deque(maxlen=MIN_REPLAY))  # live trades before the fetch
     primed: bool = False  # last value (or trade history) fetched since the subscription began
-    behind: int = 0  # consecutive live messages older than the newest; RESET_AFTER of them is a restart
 
     def keep_recent(self, count: int) -> None:
         """Keep the `count` newest trades from now on (at least MIN_REPLAY)."""

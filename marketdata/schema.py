@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
 
-from marketdata.book import BID, OrderBook
+from marketdata.book import BID, CHECKSUM_DEPTH, Level, OrderBook, checksum
 from marketdata.errors import MessageError
 from marketdata.instruments import Instrument
 
@@ -188,6 +189,28 @@ def decode(payload: bytes | str) -> dict[str, Any]:
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise MessageError(f"epoch must be a non-negative integer, not {epoch!r}")
     return msg
+
+
+def book_checksum(msg: dict[str, Any], inst: Instrument) -> int:
+    """The book checksum of a decoded book message's own levels (marketdata.book.checksum).
+
+    The JSON decimals go back to integer ticks and lots as the README's "Book checksum"
+    says (`round(price * 10**price_decimals / tick_units)`, likewise lots), which is
+    exact for every value the encoder writes. Compare the result with `msg["checksum"]`.
+    Raises MessageError when a side is not a list of `[price, size]` number pairs.
+    """
+    try:
+        return checksum(_units(msg["bids"], inst), _units(msg["asks"], inst))
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise MessageError(f"bad book levels: {exc}") from None
+
+
+def _units(levels: list[Any], inst: Instrument) -> list[Level]:
+    """The best CHECKSUM_DEPTH levels of one side in ticks and lots."""
+    if not isinstance(levels, list):
+        raise TypeError("a side is not an array")
+    ps, tu, ss, lu = inst.price_scale, inst.tick_units, inst.size_scale, inst.lot_units
+    return [(round(p * ps / tu), round(s * ss / lu)) for p, s in islice(levels, CHECKSUM_DEPTH)]
 
 
 # The encoders write seq, then the times, then epoch, all within the first bytes.

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import random
 import re
+import socket
 import string
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.browser import Pipeline, find_chromium, launch_chromium
+from tests.support import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -34,6 +37,7 @@ PANEL_JS = """
   return {
     state: p.dataset.state,
     seq: p.dataset.seq ? Number(p.dataset.seq) : null,
+    epoch: p.dataset.epoch ? Number(p.dataset.epoch) : null,
     status: (p.querySelector('.panel-status, .unknown-msg') || {}).textContent || '',
     bid: (p.querySelector('.stat.bid dd') || {}).textContent || '',
     ask: (p.querySelector('.stat.ask dd') || {}).textContent || '',
@@ -248,6 +252,57 @@ def test_checksum_in_the_browser_matches_zlib(dash: Dash) -> None:
              return [decimalUnits('0.0001', 4), decimalUnits('1000', 0), decimalUnits('0.25', 2), decimalUnits('0.00001', 5)]; }"""
     )
     assert units == [1, 1000, 25, 1]
+
+
+def test_order_in_the_browser_is_epoch_then_seq(dash: Dash) -> None:
+    dash.open("?i=")
+    steps = [(5, 10), (5, 10), (5, 9), (5, 11), (3, 0), (3, 1), (5, 99), (9, 2), (3, 50), (9, 3)]
+    got = dash.page.evaluate(
+        """async (steps) => { const { Order } = await import('/static/order.js');
+             const order = new Order(); return steps.map(([e, s]) => order.accept(e, s)); }""",
+        steps,
+    )
+    # Never a lower or equal seq within an epoch; another epoch, smaller or larger, is a reset;
+    # an epoch left behind (a bridge that has not seen the new run yet) never comes back.
+    assert got == ["next", "", "", "next", "reset", "next", "", "reset", "", "next"]
+
+
+def test_a_new_simulator_epoch_shows_verified_books_promptly(dash: Dash, pipeline: Pipeline) -> None:
+    ids = ["BTC-USD", "ETH-USD"]
+    dash.open("?i=" + ",".join(ids))
+    dash.wait_live(ids)
+    before = {i: dash.panel(i) for i in ids}
+    pipeline.sim.stop()
+    pipeline.sim.start()  # another run of the market on the same port: a new epoch, seqs from 0 again
+
+    def listening() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", pipeline.sim_port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    wait_for(listening, 30, 0.02, "the simulator to listen again")
+    back = time.monotonic()
+    dash.wait(
+        """(before) => Object.entries(before).every(([id, epoch]) => {
+             const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
+             return p && Number(p.dataset.epoch) !== epoch && p.dataset.state === 'live'
+               && p.querySelector('.badge').dataset.verified === 'ok';
+           })""",
+        {i: p["epoch"] for i, p in before.items()},
+        what="verified books of the new epoch in every panel",
+    )
+    took = time.monotonic() - back
+    print(f"new epoch on screen {took:.2f} s after the simulator listened again")
+    # The ingestor's reconnect backoff is most of it; the bridge adds one GET.
+    assert took < 10.0, f"the new epoch took {took:.1f} s to show"
+    for inst in ids:
+        now = dash.panel(inst)
+        assert now["seq"] < before[inst]["seq"], f"{inst}: the new run's seqs start again, lower ({before[inst]['seq']} -> {now['seq']})"
+    dash.wait_progress(dash.seqs(ids), "books of the new epoch to keep coming")
+    assert dash.page.locator("#conn").get_attribute("data-state") == "live"
+    assert dash.errors == [], f"console errors: {dash.errors}"
 
 
 def test_phone_width_has_no_horizontal_overflow(browser: Any, pipeline: Pipeline) -> None:

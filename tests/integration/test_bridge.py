@@ -59,9 +59,10 @@ def seed(client: redis.Redis, heartbeat: bool = True) -> None:
 
 
 def publish(client: redis.Redis, payload: bytes, channel: str = BOOK) -> None:
-    pipe = client.pipeline(transaction=False)
-    pipe.publish(channel, payload)
+    """As the ingestor's script does: SET the last-value key and PUBLISH, together (MULTI), in that order."""
+    pipe = client.pipeline(transaction=True)
     pipe.set(channel, payload)
+    pipe.publish(channel, payload)
     pipe.execute()
 
 

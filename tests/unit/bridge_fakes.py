@@ -16,15 +16,16 @@ BOOK = b"md:book:BTC-USD"
 TRADES = b"md:trades:BTC-USD"
 
 
-def snapshot(seq: int, inst: Instrument = BTC) -> bytes:
-    book = OrderBook(inst.id)
+def snapshot(seq: int, inst: Instrument = BTC, epoch: int = 0, checksum: int | None = None) -> bytes:
+    """A book at (epoch, seq) as the ingestor encodes it; `checksum` replaces the true one (a corrupt book)."""
+    book = OrderBook(inst.id, epoch=epoch)
     mid = inst.reference_ticks
     book.reset(seq, [(mid - 1 - i, 3 + i) for i in range(10)], [(mid + 1 + i, 2 + i) for i in range(10)])
-    return schema.encode_book(inst, book, 25, ts=seq, pts=seq, checksum=book.checksum())
+    return schema.encode_book(inst, book, 25, ts=seq, pts=seq, checksum=book.checksum() if checksum is None else checksum)
 
 
-def trade(seq: int) -> bytes:
-    return schema.encode_trade(BTC, seq, ts=seq, price=BTC.reference_ticks, size=5, aggressor=0)
+def trade(seq: int, epoch: int = 0, inst: Instrument = BTC) -> bytes:
+    return schema.encode_trade(inst, seq, ts=seq, price=inst.reference_ticks, size=5, aggressor=0, epoch=epoch)
 
 
 @dataclass(eq=False)
@@ -33,6 +34,7 @@ class Sink:
 
     books: list[tuple[bytes, int]] = field(default_factory=list)
     trades: list[tuple[bytes, int]] = field(default_factory=list)
+    got: list[Message] = field(default_factory=list)  # books and trades as handed over, in order
     feeds: list[dict[str, object]] = field(default_factory=list)
     forgotten: list[bytes] = field(default_factory=list)
     stuck_since: float | None = None
@@ -41,9 +43,11 @@ class Sink:
 
     def offer(self, key: bytes, msg: Message) -> None:
         self.books.append((key, msg.seq))
+        self.got.append(msg)
 
     def offer_trade(self, key: bytes, msg: Message) -> None:
         self.trades.append((key, msg.seq))
+        self.got.append(msg)
 
     def offer_feed(self, msg: Message) -> None:
         self.feeds.append(orjson.loads(msg.payload))
@@ -59,3 +63,7 @@ class Sink:
 
     def seqs(self) -> list[int]:
         return [seq for _, seq in self.books]
+
+    def places(self) -> list[tuple[int, int, bool]]:
+        """(epoch, seq, reset) of every book and trade handed over."""
+        return [(m.epoch, m.seq, m.reset) for m in self.got]

@@ -33,3 +33,37 @@ def test_each_change_is_reported_once_and_none_while_holding() -> None:
     state.update()
     state.unreachable()
     assert [(f.live, f.since, f.reason) for f in heard[1:]] == [(False, 9_000_000, "heartbeat stale"), (False, 9_000_000, "redis unreachable")]
+
+
+def test_books_make_the_feed_live_at_once_and_the_heartbeat_decides_once_they_stop() -> None:
+    now = [10_000_000]
+    heard: list[Feed] = []
+    state = FeedState(3.0, lambda: now[0], heard.append)
+    state.polled(None)  # Redis restarted empty: no heartbeat yet
+    state.connected(True)
+    assert heard[-1].reason == "no heartbeat from the ingestor"
+    state.books_arrived()
+    assert heard[-1] == Feed(True, 10_000_000, "live"), "live on the book, not at the next poll"
+    count = len(heard)
+    state.books_arrived()
+    state.polled(None)
+    assert len(heard) == count, "books within stale_after keep it live: no flapping at each poll"
+    now[0] += 3_100_000  # the books stopped and the heartbeat never came
+    state.polled(None)
+    assert heard[-1] == Feed(False, 13_100_000, "no heartbeat from the ingestor")
+
+
+def test_books_before_a_pub_sub_drop_prove_nothing_after_it() -> None:
+    now = [10_000_000]
+    heard: list[Feed] = []
+    state = FeedState(3.0, lambda: now[0], heard.append)
+    state.unreachable()
+    state.connected(True)
+    state.books_arrived()
+    assert heard[-1].live, "books through pub/sub prove Redis answers, whatever the last poll said"
+    state.connected(False)
+    assert heard[-1].reason == "redis unreachable"
+    state.connected(True)
+    assert not heard[-1].live
+    assert feed_reason(True, False, None, 0, 3.0, books_at=0) == "redis pub/sub not connected"
+    assert feed_reason(True, True, None, 3_000_001, 3.0, books_at=0) == "no heartbeat from the ingestor"

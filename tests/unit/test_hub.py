@@ -30,6 +30,7 @@ class Rig:
     hub: Hub
     redis: fakeredis.FakeAsyncRedis
     stats: Stats
+    now: list[int]  # the wall clock the hub reads, in µs: tests move it
 
 
 @pytest_asyncio.fixture
@@ -40,10 +41,17 @@ async def rig() -> AsyncIterator[Rig]:
     await redis.set("md:heartbeat", schema.encode_heartbeat(NOW_US, "test"))
     stats = Stats()
     settings = BridgeSettings(redis_url="redis://fake", send_timeout=0.2, stale_after=0.2)  # polls every 0.1 s
-    async with Hub(settings, stats, Wiring(redis=redis, rng=random.Random(1), clock=lambda: NOW_US)) as hub:
+    now = [NOW_US]
+    async with Hub(settings, stats, Wiring(redis=redis, rng=random.Random(1), clock=lambda: now[0])) as hub:
         await async_wait_for(lambda: hub.feed.live, what="the hub's pub/sub to connect")
-        yield Rig(hub, redis, stats)
+        yield Rig(hub, redis, stats, now)
     await redis.aclose()
+
+
+async def publish(redis: fakeredis.FakeAsyncRedis, payload: bytes, channel: bytes = BOOK) -> None:
+    """As the ingestor's script does: SET the last-value key, then PUBLISH (a new epoch is checked against the key)."""
+    await redis.set(channel, payload)
+    await redis.publish(channel, payload)
 
 
 async def subscribers(redis: fakeredis.FakeAsyncRedis, channel: bytes) -> int:
@@ -59,7 +67,7 @@ async def test_first_interest_subscribes_and_sends_the_last_value(rig: Rig) -> N
     await async_wait_for(lambda: sink.books, what="the last value")
     assert sink.books == [(BOOK, 5)]
     assert await subscribers(rig.redis, BOOK) == 1
-    await rig.redis.publish(BOOK, snapshot(6))
+    await publish(rig.redis, snapshot(6))
     await async_wait_for(lambda: len(sink.books) == 2, what="the live book")
     assert sink.seqs() == [5, 6]
 
@@ -70,7 +78,7 @@ async def test_a_late_joiner_gets_the_book_from_memory(rig: Rig) -> None:
     rig.hub.want(first, "BTC-USD")
     await async_wait_for(lambda: rig.hub.subscriptions == 1, what="the subscription")
     await async_wait_for(lambda: rig.hub.topic(BOOK).primed, what="priming")  # type: ignore[union-attr]
-    await rig.redis.publish(BOOK, snapshot(9))
+    await publish(rig.redis, snapshot(9))
     await async_wait_for(lambda: first.books, what="the live book")
     await rig.redis.delete(BOOK)  # nothing in Redis: the late joiner's book can only come from memory
     rig.hub.want(late, "BTC-USD")
@@ -89,7 +97,7 @@ async def test_the_last_socket_leaving_drops_the_subscription(rig: Rig) -> None:
     await async_wait_for(lambda: rig.hub.topic(BOOK).primed, what="priming")  # type: ignore[union-attr]
     rig.hub.detach(a)
     # b still gets live books through the one subscription, which a's leaving kept.
-    await rig.redis.publish(BOOK, snapshot(7))
+    await publish(rig.redis, snapshot(7))
     await async_wait_for(lambda: (BOOK, 7) in b.books, what="the live book after a left")
     assert (BOOK, 7) not in a.books
     assert rig.hub.subscriptions == 1 and await subscribers(rig.redis, BOOK) == 1
@@ -105,13 +113,16 @@ async def test_a_fetched_value_never_goes_behind_live(rig: Rig) -> None:
     await rig.redis.set(BOOK, snapshot(3))
     sink = Sink()
     rig.hub.want(sink, "BTC-USD")
-    rig.hub.deliver(BOOK, snapshot(4))  # live raced ahead of the GET
+    rig.hub.deliver(BOOK, snapshot(4))  # live raced ahead of the GET: it waits for the fetched value, then follows it
     await async_wait_for(lambda: rig.hub.topic(BOOK).primed, what="priming")  # type: ignore[union-attr]
-    assert sink.seqs() == [4]
+    assert sink.seqs() == [3, 4]
+    rig.hub.deliver(BOOK, snapshot(3))
+    assert sink.seqs() == [3, 4]
 
 
 @pytest.mark.asyncio
 async def test_trades_history_oldest_first_then_live_without_duplicates(rig: Rig) -> None:
+    await rig.redis.set(BOOK, snapshot(1))  # trades follow the epoch of the instrument's books
     for seq in (1, 2, 3):
         await rig.redis.lpush(TRADES, trade(seq))  # Redis keeps them newest first
     sink = Sink()
@@ -167,6 +178,7 @@ async def test_a_stuck_socket_is_closed_and_shutdown_closes_the_rest(rig: Rig) -
 @pytest.mark.asyncio
 async def test_trades_replay_as_many_as_the_ingestor_keeps(rig: Rig) -> None:
     kept = MIN_REPLAY + 30  # as after `marketdata ingest --trades-history 80`
+    await rig.redis.set(BOOK, snapshot(1))
     for seq in range(1, kept + 1):
         await rig.redis.lpush(TRADES, trade(seq))
     sink = Sink()
@@ -177,3 +189,22 @@ async def test_trades_replay_as_many_as_the_ingestor_keeps(rig: Rig) -> None:
     late = Sink()
     rig.hub.want(late, "BTC-USD", trades=True)
     assert [s for _, s in late.trades] == list(range(2, kept + 2)), "a late joiner gets as many as Redis keeps"
+
+
+@pytest.mark.asyncio
+async def test_verified_books_tell_the_sockets_the_feed_is_live_at_once(rig: Rig) -> None:
+    await rig.redis.set(BOOK, snapshot(5))
+    sink = Sink()
+    rig.hub.attach(sink)
+    rig.hub.want(sink, "BTC-USD")
+    await async_wait_for(lambda: sink.books, what="the last value")
+    await rig.redis.delete("md:heartbeat")
+    await async_wait_for(lambda: not sink.feeds[-1]["live"], what="the feed to go stale")
+    rig.hub.deliver(BOOK, snapshot(6))
+    assert sink.feeds[-1]["live"] is True, "the book itself tells the feed is live, not the next poll"
+    assert rig.hub.ready == (True, "live")
+    rig.now[0] += 300_000  # stale_after (0.2 s) without a verified book
+    rig.hub.deliver(BOOK, snapshot(7, checksum=1))  # a book that does not prove itself proves nothing of the feed
+    await async_wait_for(lambda: not sink.feeds[-1]["live"], what="stale again once books stop and no heartbeat")
+    assert sink.feeds[-1]["reason"] == "no heartbeat from the ingestor"
+    assert sink.seqs() == [5, 6]

@@ -36,8 +36,8 @@ class GatedSend:
         return [orjson.loads(e["text"]).get("seq", -1) for e in self.events if e["type"] == "websocket.send"]
 
 
-def msg(seq: int, reset: bool = False) -> Message:
-    return Message.of(b'{"v":1,"type":"book","seq":%d}' % seq, seq, reset=reset)
+def msg(seq: int, reset: bool = False, epoch: int = 0) -> Message:
+    return Message.of(b'{"v":1,"type":"book","seq":%d}' % seq, seq, reset=reset, epoch=epoch)
 
 
 @dataclass
@@ -86,15 +86,17 @@ async def test_a_blocked_socket_keeps_only_the_newest_book(running: Running) -> 
 
 
 @pytest.mark.asyncio
-async def test_never_an_older_or_equal_seq_unless_the_feed_restarted(running: Running) -> None:
+async def test_never_an_older_or_equal_seq_unless_a_new_epoch_resets(running: Running) -> None:
     send, stats, slot = running.send, running.stats, running.slot
-    for m in (msg(5), msg(5), msg(3), msg(6), msg(1, reset=True), msg(2)):
+    # Another epoch goes only as a reset (the fanout confirmed it): seqs are never compared across epochs.
+    for m in (msg(5, epoch=1), msg(5, epoch=1), msg(3, epoch=1), msg(6, epoch=1), msg(9, epoch=2),
+              msg(1, reset=True, epoch=2), msg(2, epoch=2), msg(7, epoch=1)):
         slot.offer(KEY, m)
         await asyncio.sleep(0)  # let the sender take each one before the next is offered
     await async_wait_for(lambda: len(send.events) >= 4 and slot.pending == 0, interval=0.005,
                          what="four books sent")
     assert send.seqs() == [5, 6, 1, 2]
-    assert stats.stale == 2
+    assert stats.stale == 4
 
 
 @pytest.mark.asyncio

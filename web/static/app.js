@@ -41,9 +41,9 @@ const feed = new Feed(`${location.protocol === "https:" ? "wss:" : "ws:"}//${loc
 
 // -- messages -------------------------------------------------------------------
 
-function onBook(instrument, book, ts, pts) {
+function onBook(instrument, book, head) {
   const panel = panels.get(instrument);
-  if (panel) panel.onBook(book, ts, pts);
+  if (panel) panel.onBook(book, head);
 }
 
 function onMessage(msg) {

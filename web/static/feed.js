@@ -27,18 +27,21 @@ function peekInt(text, key, from) {
 }
 
 /**
- * The routing fields of a book message without parsing it: {instrument, ts, pts},
- * or null when it does not look exactly as the ingestor writes it. Most books are
- * replaced by a newer one before the next frame, so only the one shown is parsed.
+ * The routing fields of a book message without parsing it: {instrument, seq, ts,
+ * pts, epoch}, or null when it does not look exactly as the ingestor writes it.
+ * Most books are replaced by a newer one before the next frame, so only the one
+ * shown is parsed. A book written before epochs existed is of epoch 0.
  */
 export function peekBook(text) {
   if (!text.startsWith(BOOK_HEAD)) return null;
   const end = text.indexOf('"', BOOK_HEAD.length);
   if (end < 0) return null;
+  const seq = peekInt(text, ',"seq":', end);
   const ts = peekInt(text, ',"ts":', end);
   const pts = peekInt(text, ',"pts":', end);
-  if (Number.isNaN(ts) || Number.isNaN(pts)) return null;
-  return { instrument: text.slice(BOOK_HEAD.length, end), ts, pts };
+  if (Number.isNaN(seq) || Number.isNaN(ts) || Number.isNaN(pts)) return null;
+  const epoch = peekInt(text, ',"epoch":', end);
+  return { instrument: text.slice(BOOK_HEAD.length, end), seq, ts, pts, epoch: Number.isNaN(epoch) ? 0 : epoch };
 }
 
 /** The delay before retry number `attempt` (0-based): capped 2^n growth, 50-100 % jitter. */
@@ -49,7 +52,8 @@ export function backoffDelay(attempt, random = Math.random) {
 
 export class Feed {
   /**
-   * onBook(instrument, text, ts, pts) gets each book message unparsed, onMessage(msg)
+   * onBook(instrument, text, head) gets each book message unparsed with its routing
+   * fields ({seq, ts, pts, epoch}, see peekBook), onMessage(msg)
    * every other server message parsed; onState(feed) is called when `state`
    * ("connecting", "open", "closed") or the retry schedule changes.
    */
@@ -136,7 +140,7 @@ export class Feed {
       if (typeof text !== "string") return; // the protocol is text frames only
       const head = peekBook(text);
       if (head) {
-        this.onBook(head.instrument, text, head.ts, head.pts);
+        this.onBook(head.instrument, text, head);
         return;
       }
       let msg;
@@ -159,7 +163,7 @@ export class Feed {
 
   _dispatch(msg) {
     if (!msg || msg.type === "pong") return;
-    if (msg.type === "book") this.onBook(msg.instrument, msg, msg.ts, msg.pts);
+    if (msg.type === "book") this.onBook(msg.instrument, msg, { seq: msg.seq, ts: msg.ts, pts: msg.pts, epoch: msg.epoch || 0 });
     else this.onMessage(msg);
   }
 

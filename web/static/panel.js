@@ -4,11 +4,14 @@
 // Messages only store the newest book (latest wins) and ask for a frame; a frame
 // renders each dirty panel once: every panel's DOM writes first, then every
 // canvas. Nothing reads layout while rendering; sizes come from a ResizeObserver.
+// A book goes on only if it is after the one held in (epoch, seq) order
+// (order.js): never a lower seq within an epoch; a new epoch replaces the book.
 import { charsIn } from "./columns.js";
 import { ago, clock } from "./clock.js";
 import { el, setText } from "./dom.js";
 import { DepthChart } from "./depth.js";
 import { Ladder } from "./ladder.js";
+import { Order } from "./order.js";
 import { Trades } from "./trades.js";
 
 const QUIET_MS = 5000; // no book for this long: the panel says it is stale
@@ -102,6 +105,8 @@ export class Panel {
     this.uid = `p${nextId++}`;
     this.book = null; // newest book received
     this.shown = null; // book on screen
+    this.order = new Order(); // (epoch, seq) of the newest book received
+    this.staleBooks = 0; // books dropped for not being after the newest
     this.lastBookAt = 0; // wall ms
     this.createdAt = Date.now();
     this.count = 0; // books this second
@@ -235,9 +240,18 @@ export class Panel {
 
   // -- input (per message: store and ask for a frame, nothing else) --
 
-  /** `book` is the message text (parsed only if it is shown) or an object. */
-  onBook(book, ts, pts) {
+  /** `book` is the message text (parsed only if it is shown) or an object; `head` its {seq, ts, pts, epoch}. */
+  onBook(book, head) {
     if (!this.inst) return;
+    const step = this.order.accept(head.epoch, head.seq);
+    if (!step) {
+      this.staleBooks++;
+      return;
+    }
+    // A new epoch is another run of the market: its book replaces the old one, so the
+    // ladder writes every row afresh instead of flashing the differences.
+    if (step === "reset") this.shown = null;
+    const { ts, pts } = head;
     this.book = book;
     this.lastBookAt = Date.now();
     const nowUs = this.lastBookAt * 1000;
@@ -362,5 +376,6 @@ export class Panel {
       ? `CRC32 ${book.checksum} matches the book at seq ${book.seq}, computed in this browser`
       : `book at seq ${book.seq}: computed ${computed}, message says ${book.checksum} (${this.mismatches} mismatches so far)`;
     this.root.dataset.seq = book.seq;
+    this.root.dataset.epoch = book.epoch || 0;
   }
 }

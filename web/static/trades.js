@@ -4,6 +4,7 @@
 import { TextRows, fit } from "./columns.js";
 import { clockMs } from "./clock.js";
 import { el, setText } from "./dom.js";
+import { Order } from "./order.js";
 
 const TRADES = 12;
 const FLASH_MS = 300;
@@ -17,8 +18,7 @@ export class Trades extends TextRows {
     this.head = 0; // slot of the newest trade
     this.count = 0;
     this.fresh = 0; // trades pushed since the last render
-    this.lastTs = 0;
-    this.lastSeq = 0;
+    this.order = new Order(); // (epoch, seq) of the newest trade kept
     this.headS = document.createTextNode("Side  Price");
     this.headZ = document.createTextNode(" Size");
     this.headRow = el("div", "trow thead", el("span", "t", "Time".padEnd(TIME_CHARS)), el("span", "s", this.headS), this.headZ);
@@ -39,11 +39,9 @@ export class Trades extends TextRows {
     this._relayout();
   }
 
-  /** Keep `msg` if it is newer than what we hold (a resubscription replays recent trades). */
+  /** Keep `msg` if it is after what we hold in (epoch, seq) order (a resubscription replays recent trades). */
   push(msg) {
-    if (msg.ts < this.lastTs || (msg.ts === this.lastTs && msg.seq <= this.lastSeq)) return false;
-    this.lastTs = msg.ts;
-    this.lastSeq = msg.seq;
+    if (!this.order.accept(msg.epoch || 0, msg.seq)) return false;
     this.head = (this.head + 1) % TRADES;
     const slot = this.slots[this.head];
     slot.ts = msg.ts;
