@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import redis
 
+from marketdata.ingest.lease import Fence
 from marketdata.ingest.publish_queue import Drain, drain_commands
 from tests.integration.test_bridge import BOOK, Running, client, numsub, rclient, recv, start_bridge  # noqa: F401 (fixtures)
 from tests.support import wait_for
@@ -22,8 +23,10 @@ E1, E2 = 1_764_000_000_000_000, 1_764_000_900_000_000  # two simulator runs, µs
 
 
 def ingest(client: redis.Redis, payload: bytes) -> None:
-    """Publish a book as the ingestor does: its drain commands, one EVAL that SETs the key and PUBLISHes."""
-    for command in drain_commands(Drain(books=[(BOOK.encode(), payload)]), b"md:instruments", 50):
+    """Publish a book as the leading ingestor does: its fenced drain commands, one EVAL that SETs the key and PUBLISHes."""
+    fence = Fence(b"md:leader", b"1 test-ingestor")
+    client.set(fence.key, fence.value)  # the lease, held by this test for as long as it runs
+    for command in drain_commands(Drain(books=[(BOOK.encode(), payload)]), b"md:instruments", 50, fence):
         client.execute_command(*command)
 
 
