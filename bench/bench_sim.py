@@ -10,6 +10,11 @@ Run: .venv/bin/python bench/bench_sim.py            (about 15 s)
 2. `marketdata sim --rate 100000` (far above what it can make) in its own process, one
    grpc.aio consumer here that only counts events (no book rebuilding: bench_stream.py
    measures that path): delivered events/s and the server's CPU use from /proc.
+3. The server's tick loop over a universe of --universe instruments (default 1,000) at
+   20 events/s per instrument on average: the schedule picks the instruments due every
+   5 ms tick, the model generates their events, the encoder serialises them, as
+   `SimServer._emit` does. Quiet instruments owe one event at a time, each with its
+   checksum, so this costs more per event than the blocks of part 1.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ import grpc  # noqa: E402
 
 from bench.child import cpu_seconds  # noqa: E402
 from bench.machine import reference_line  # noqa: E402
-from marketdata.instruments import DEFAULT_INSTRUMENTS  # noqa: E402
+from marketdata.instruments import DEFAULT_INSTRUMENTS, universe  # noqa: E402
 from marketdata.sim.model import Model  # noqa: E402
+from marketdata.sim.schedule import Schedule  # noqa: E402
 from marketdata.sim.wire import WireEncoder  # noqa: E402
 from marketdata.v1 import market_data_pb2 as pb  # noqa: E402
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc  # noqa: E402
@@ -54,6 +60,28 @@ def model_rate(block: int, encode: bool, seconds: float) -> float:
                 encoder.events(events)
             n += block
     return n / (time.process_time() - start)
+
+
+def universe_rate(n: int, rate: float, seconds: float) -> tuple[float, float, float]:
+    """Market events/s, events per CPU-second and the schedule's share of the CPU, over `seconds` of market time."""
+    listed = universe(n, 1)
+    model = Model(listed, random.Random(1))
+    encoder = WireEncoder()
+    ids = [inst.id for inst in listed]
+    schedule = Schedule([rate * inst.activity for inst in listed])
+    clock = scheduling = 0.0
+    n_events = 0
+    start = time.process_time()
+    while clock < seconds:
+        clock += 0.005
+        before = time.process_time()
+        due = schedule.due(clock, 0.01)
+        scheduling += time.process_time() - before
+        for index, count in due:
+            encoder.events(model.generate(ids[index], count, TS))
+            n_events += count
+    cpu = time.process_time() - start
+    return n_events / seconds, n_events / cpu, scheduling / cpu
 
 
 async def _consume(port: int, pid: int, seconds: float) -> tuple[float, float, float]:
@@ -96,6 +124,7 @@ def stream_rate(seconds: float) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    parser.add_argument("--universe", type=int, default=1000, help="instruments of the tick-loop measurement")
     args = parser.parse_args()
     secs = 0.3 if args.quick else 1.5
     print(reference_line())
@@ -107,6 +136,11 @@ def main() -> None:
     print(
         f"sim --rate 100000 -> one grpc.aio consumer: {delivered:,.0f} events/s delivered, "
         f"{per_batch:.0f} events a batch, server CPU {cpu:.2f} cores ({delivered / max(cpu, 1e-9):,.0f} events per server CPU-s)"
+    )
+    market, per_cpu, share = universe_rate(args.universe, 20.0, 1.0 if args.quick else 5.0)
+    print(
+        f"tick loop, --universe {args.universe} --rate 20: {market:,.0f} events/s of market, {per_cpu:,.0f} events/CPU-s "
+        f"({market / per_cpu:.2f} cores), {share:.0%} of it in the schedule"
     )
 
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from marketdata import __version__
 from marketdata.errors import MarketDataError
+from marketdata.instruments import MAX_UNIVERSE
 from marketdata.settings import (
     LOG_LEVEL,
     BridgeSettings,
@@ -52,6 +53,13 @@ def count(text: str) -> int:
     n = int(text)
     if n < 0:
         raise ValueError(f"{n} is negative")
+    return n
+
+
+def universe_size(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= MAX_UNIVERSE:
+        raise ValueError(f"{n} is outside 1-{MAX_UNIVERSE}")
     return n
 
 
@@ -215,8 +223,9 @@ def build_parser() -> _Parser:
     p.opt("--host", "MD_SIM_HOST", str, "interface to listen on (0.0.0.0 for every interface)")
     p.opt("--port", "MD_SIM_PORT", port, "port to listen on (0: any free port, printed in the log)")
     p.opt("--seed", "MD_SEED", int, "seed of the order-flow model (same seed, same events)")
-    p.opt("--instruments", "MD_INSTRUMENTS", id_list, "comma list of instruments to list (default: all eight)")
-    p.opt("--rate", "MD_RATE", positive_float, "events per second per instrument (1 to 100000)")
+    p.opt("--universe", "MD_UNIVERSE", universe_size, f"instruments in the market: the eight named ones, then generated crypto pairs, equities, FX pairs and futures (at most {MAX_UNIVERSE})")
+    p.opt("--instruments", "MD_INSTRUMENTS", id_list, "comma list of instruments to list (default: the whole universe)")
+    p.opt("--rate", "MD_RATE", positive_float, "events per second per instrument on average (1 to 100000); generated instruments are busy or quiet around it, the total stays rate x instruments")
     p.opt("--burst-factor", "MD_BURST_FACTOR", positive_float, "rate multiplier during bursts (1: no bursts)")
     p.opt("--burst-every", "MD_BURST_EVERY", positive_float, "seconds between the starts of two bursts")
     p.opt("--burst-length", "MD_BURST_LENGTH", positive_float, "seconds a burst lasts")

@@ -18,8 +18,9 @@ class SimSettings:
     host: str = "127.0.0.1"
     port: int = 50051
     seed: int = 1
-    instruments: tuple[str, ...] = ()  # empty: every default instrument
-    rate: float = 20.0  # events/s per instrument
+    instruments: tuple[str, ...] = ()  # empty: every instrument of the universe
+    universe: int = 8  # instruments listed: the eight named ones, then generated ones
+    rate: float = 20.0  # events/s per instrument, on average (each has its activity)
     burst_factor: float = 1.0  # rate multiplier during a burst; 1 = no bursts
     burst_every: float = 10.0  # seconds between burst starts
     burst_length: float = 1.0  # seconds a burst lasts

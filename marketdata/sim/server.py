@@ -1,11 +1,13 @@
 """The simulated exchange's gRPC server (`marketdata sim`): a thin shell around the model.
 
-One generator task steps the pure order-flow model (marketdata.sim.model) at the
-configured rate and turns what is due into protobuf bytes, once per tick: one
-chunk per instrument (at most max_batch events, checksum on its last event).
-Each subscriber gets those chunks, concatenated into EventBatch messages of its
-own instruments (a repeated field's encodings concatenate, so joining chunks
-never re-serialises anything), in a bounded queue. A subscriber whose queue is
+One generator task steps the pure order-flow model (marketdata.sim.model) at each
+instrument's rate (--rate times its activity; marketdata.sim.schedule says which
+instruments owe events, without visiting the quiet ones) and turns what is due
+into protobuf bytes, once per tick: one chunk per instrument due (at most
+max_batch events, checksum on its last event). Each subscriber gets those chunks,
+concatenated into EventBatch messages of its own instruments (a repeated field's
+encodings concatenate, so joining chunks never re-serialises anything), in a
+bounded queue. A subscriber whose queue is
 full is dropped from it and resynced: its queued batches are discarded and it
 gets fresh snapshots of its instruments when it next reads, so a slow reader
 costs a bounded amount of memory and sees a snapshot, never a gap.
@@ -36,10 +38,11 @@ from grpc_reflection.v1alpha import reflection
 
 from marketdata.clock import now_us
 from marketdata.errors import MarketDataError
-from marketdata.instruments import Instrument, select
+from marketdata.instruments import MAX_UNIVERSE, Instrument, select, universe
 from marketdata.settings import SimSettings
 from marketdata.sim.model import Model
-from marketdata.sim.wire import WireEncoder, encode_events, snapshot_event
+from marketdata.sim.schedule import Schedule
+from marketdata.sim.wire import WireEncoder, encode_events, pack, snapshot_event
 from marketdata.v1 import market_data_pb2 as pb
 
 __all__ = ["MAX_RATE", "SERVICE", "SimServer", "Subscriber", "WireEncoder", "encode_events", "run", "serve"]
@@ -51,6 +54,7 @@ MAX_RATE = 100_000  # events/s per instrument, at most (what one core delivers i
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 _MIN_TICK = 0.005  # seconds between generator wake-ups at most: higher rates batch per tick
 _MAX_CATCH_UP = 2 * _MIN_TICK  # seconds of events one tick generates at most (or 64), so sends interleave
+_SNAPSHOTS_PER_MESSAGE = 100  # a message of 100 full books stays far below gRPC's default 4 MB limit
 _RESYNC_LOG_EVERY = 10.0  # seconds between two resync log lines of one subscriber
 
 
@@ -61,13 +65,14 @@ class Subscriber:
     """One Subscribe stream: its instruments, its bounded queue of serialised batches."""
 
     __slots__ = (
-        "peer", "instruments", "limit", "queue", "wake", "resync", "resyncs", "high_water", "sent", "_logged_at",
+        "peer", "instruments", "wanted", "limit", "queue", "wake", "resync", "resyncs", "high_water", "sent", "_logged_at",
         "_logged_resyncs",
     )  # fmt: skip
 
-    def __init__(self, peer: str, instruments: tuple[str, ...], limit: int) -> None:
+    def __init__(self, peer: str, instruments: tuple[str, ...], limit: int, wanted: frozenset[str] | None = None) -> None:
         self.peer = peer
         self.instruments = instruments
+        self.wanted = wanted  # the instruments as a set; None: every listed one
         self.limit = limit
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
@@ -119,9 +124,12 @@ class SimServer:
             raise MarketDataError(f"rate {settings.rate:g} is out of range: 0 < events/s per instrument <= {MAX_RATE}")
         if settings.max_batch < 1 or settings.queue_batches < 1 or settings.burst_factor <= 0:
             raise MarketDataError("max_batch, queue_batches and burst_factor must be positive")
+        if not 1 <= settings.universe <= MAX_UNIVERSE:
+            raise MarketDataError(f"universe {settings.universe} is out of range: 1 to {MAX_UNIVERSE} instruments")
         self.settings = settings
-        self.instruments: tuple[Instrument, ...] = select(settings.instruments)
+        self.instruments: tuple[Instrument, ...] = select(settings.instruments, universe(settings.universe, settings.seed))
         self._by_id = {inst.id: inst for inst in self.instruments}
+        self._ids = tuple(self._by_id)
         self._clock = clock
         self.epoch: int = clock()
         self.model = Model(self.instruments, random.Random(settings.seed), epoch=self.epoch)
@@ -175,7 +183,7 @@ class SimServer:
         self.port = port
         self._task = asyncio.create_task(self._generate(), name="sim-generator")
         log.info(
-            "listening on %s:%d (%d instruments, %g events/s each, seed %d, epoch %d)",
+            "listening on %s:%d (%d instruments, %g events/s each on average, seed %d, epoch %d)",
             s.host, port, len(self.instruments), s.rate, s.seed, self.epoch,
         )  # fmt: skip
         return port
@@ -202,57 +210,61 @@ class SimServer:
 
     # -- generation --
 
-    def _rate_at(self, elapsed: float) -> float:
+    def _speed_at(self, elapsed: float) -> float:
+        """How many times --rate the market runs at, `elapsed` seconds after the start (bursts)."""
         s = self.settings
         if s.burst_factor != 1.0 and elapsed % s.burst_every < s.burst_length:
-            return s.rate * s.burst_factor
-        return s.rate
+            return s.burst_factor
+        return 1.0
 
     async def _generate(self) -> None:
+        rate = self.settings.rate
+        schedule = Schedule([rate * inst.activity for inst in self.instruments])
         start = last = time.monotonic()
-        due = 0.0
+        clock = 0.0  # schedule time: wall time, sped up during bursts
         behind_logged = 0.0
         while True:
             now = time.monotonic()
-            rate = self._rate_at(now - start)
-            due += rate * (now - last)
+            speed = self._speed_at(now - start)
+            clock += speed * (now - last)
             last = now
-            count = int(due)
-            cap = max(64, int(rate * _MAX_CATCH_UP))
-            if count > cap:
-                if now - behind_logged > 10.0:
-                    log.warning("generator cannot keep up with %g events/s per instrument; skipping ahead", rate)
-                    behind_logged = now
-                count = cap
-                due = float(count)
-            due -= count
-            if count:
-                self._emit(count)
-            await asyncio.sleep(max(_MIN_TICK, (1.0 - due) / rate))
+            skipped = schedule.skipped
+            due = schedule.due(clock, _MAX_CATCH_UP * speed)
+            if schedule.skipped != skipped and now - behind_logged > 10.0:
+                log.warning("generator cannot keep up with %g events/s per instrument; skipping ahead", rate * speed)
+                behind_logged = now
+            if due:
+                self._emit(due)
+            await asyncio.sleep(max(_MIN_TICK, (schedule.next_due() - clock) / speed))
 
-    def _emit(self, count: int) -> None:
-        """Generate `count` events per instrument, serialise them once, queue them to subscribers."""
+    def _emit(self, due: list[tuple[int, int]]) -> None:
+        """Generate the events due, (instrument index, count) pairs, serialise them once, queue them to subscribers."""
         ts = self._clock()
-        model = self.model
+        generate = self.model.generate
         encode = self._encoder.events
+        ids = self._ids
         max_batch = self.settings.max_batch
         chunks: dict[str, list[tuple[bytes, int]]] = {}
-        for inst in self.instruments:
-            parts = []
-            left = count
-            while left:
-                n = min(left, max_batch)
-                parts.append((encode(model.generate(inst.id, n, ts)), n))
-                left -= n
-            chunks[inst.id] = parts
-        self.generated += count * len(self.instruments)
+        total = 0
+        for index, count in due:
+            name = ids[index]
+            total += count
+            if count <= max_batch:
+                chunks[name] = [(encode(generate(name, count, ts)), count)]
+                continue
+            parts = chunks[name] = []
+            while count:
+                n = min(count, max_batch)
+                parts.append((encode(generate(name, n, ts)), n))
+                count -= n
+        self.generated += total
         if not self.subscribers:
             return
-        packed: dict[tuple[str, ...], list[bytes]] = {}
+        packed: dict[frozenset[str] | None, list[bytes]] = {}
         for sub in self.subscribers:
-            messages = packed.get(sub.instruments)
+            messages = packed.get(sub.wanted)
             if messages is None:
-                messages = packed[sub.instruments] = _pack(chunks, sub.instruments, max_batch)
+                messages = packed[sub.wanted] = pack(chunks, sub.wanted, max_batch)
             for data in messages:
                 sub.push(data)
 
@@ -280,30 +292,40 @@ class SimServer:
             chosen[name] = None
         return tuple(chosen)
 
-    def _snapshots(self, instruments: tuple[str, ...]) -> bytes:
+    def _snapshots(self, instruments: tuple[str, ...]) -> list[bytes]:
+        """Fresh snapshots of `instruments`, all taken now, in messages of a bounded size."""
         ts = self._clock()
-        return self._encoder.snapshots([self.model.snapshot(name, ts) for name in instruments])
+        snapshot = self.model.snapshot
+        per = min(self.settings.max_batch, _SNAPSHOTS_PER_MESSAGE)
+        return [
+            self._encoder.snapshots([snapshot(name, ts) for name in instruments[i : i + per]])
+            for i in range(0, len(instruments), per)
+        ]
 
     async def _subscribe(self, request: pb.SubscribeRequest, context: aio.ServicerContext) -> None:
         # Writes with context.write rather than yielding: a write that finds the stream gone
         # (the client left while it was being sent) then raises here, where it is one log
         # line, instead of inside grpc, which logs it as an ERROR with a traceback.
-        ids = await self._check_ids(request.instruments, context) if request.instruments else tuple(self._by_id)
+        ids = await self._check_ids(request.instruments, context) if request.instruments else self._ids
         peer = context.peer()
-        sub = Subscriber(peer, ids, self.settings.queue_batches)
+        wanted = None if len(ids) == len(self._ids) else frozenset(ids)  # ids are known and distinct
+        sub = Subscriber(peer, ids, self.settings.queue_batches, wanted)
         # Registered and snapshotted with no await in between: the queue starts right after the snapshot.
         self.subscribers.add(sub)
-        first = self._snapshots(ids)
+        snapshots = deque(self._snapshots(ids))
         log.info("subscriber %s connected (%d instruments)", peer, len(ids))
         reason = "closed by the client"
         try:
-            await context.write(first)
             queue = sub.queue
             while not self._closing:
-                if sub.resync:
-                    data = self._snapshots(ids)
+                if snapshots:
+                    data = snapshots.popleft()
+                elif sub.resync:
+                    # Taken and the queue emptied with no await in between: it restarts after them.
+                    snapshots.extend(self._snapshots(ids))
                     queue.clear()
                     sub.resync = False
+                    continue
                 elif queue:
                     data = queue.popleft()
                 else:
@@ -318,23 +340,6 @@ class SimServer:
         finally:
             self.subscribers.discard(sub)
             log.info("subscriber %s disconnected (%s, %d resyncs)", peer, reason, sub.resyncs)
-
-
-def _pack(chunks: dict[str, list[tuple[bytes, int]]], instruments: tuple[str, ...], max_batch: int) -> list[bytes]:
-    """Concatenate the chunks of `instruments` into messages of at most max_batch events."""
-    messages: list[bytes] = []
-    parts: list[bytes] = []
-    n = 0
-    for name in instruments:
-        for data, count in chunks[name]:
-            if parts and n + count > max_batch:
-                messages.append(b"".join(parts))
-                parts, n = [], 0
-            parts.append(data)
-            n += count
-    if parts:
-        messages.append(parts[0] if len(parts) == 1 else b"".join(parts))
-    return messages
 
 
 def _instrument_pb(inst: Instrument) -> pb.Instrument:

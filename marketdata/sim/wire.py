@@ -114,6 +114,29 @@ class WireEncoder:
         return pb.EventBatch(events=[snapshot_event(ev) for ev in events]).SerializeToString()
 
 
+def pack(chunks: dict[str, list[tuple[bytes, int]]], wanted: frozenset[str] | None, max_batch: int) -> list[bytes]:
+    """The chunks of the `wanted` instruments (None: all) joined into EventBatch messages of at most max_batch events.
+
+    `chunks` maps an instrument to its encoded blocks and their event counts, in the
+    order they were generated; an instrument's blocks stay in order, never split.
+    """
+    messages: list[bytes] = []
+    parts: list[bytes] = []
+    n = 0
+    for name, instrument_chunks in chunks.items():
+        if wanted is not None and name not in wanted:
+            continue
+        for data, count in instrument_chunks:
+            if parts and n + count > max_batch:
+                messages.append(b"".join(parts))
+                parts, n = [], 0
+            parts.append(data)
+            n += count
+    if parts:
+        messages.append(parts[0] if len(parts) == 1 else b"".join(parts))
+    return messages
+
+
 def snapshot_event(event: Event) -> pb.Event:
     """A model snapshot event as a protobuf Event."""
     body = event.body

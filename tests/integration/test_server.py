@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from marketdata.errors import MarketDataError
 from marketdata.feed import Books
-from marketdata.instruments import DEFAULT_INSTRUMENTS
+from marketdata.instruments import DEFAULT_INSTRUMENTS, MAX_UNIVERSE, universe
 from marketdata.settings import SimSettings
 from marketdata.sim.server import SERVICE, SimServer
 from marketdata.v1 import market_data_pb2 as pb
@@ -233,8 +233,58 @@ async def test_stop_ends_streams() -> None:
 
 def test_bursts_multiply_the_rate_and_bad_settings_are_refused() -> None:
     server = SimServer(SimSettings(rate=100.0, burst_factor=5.0, burst_every=10.0, burst_length=2.0))
-    assert [server._rate_at(t) for t in (0.0, 1.9, 2.0, 9.9, 10.5, 12.5)] == [500, 500, 100, 100, 500, 100]
-    assert SimServer(SimSettings(rate=100.0))._rate_at(0.5) == 100
-    for bad in (SimSettings(rate=0.0), SimSettings(rate=1e6), SimSettings(max_batch=0), SimSettings(queue_batches=0)):
+    assert [server._speed_at(t) for t in (0.0, 1.9, 2.0, 9.9, 10.5, 12.5)] == [5, 5, 1, 1, 5, 1]
+    assert SimServer(SimSettings(rate=100.0))._speed_at(0.5) == 1
+    bad_settings = (
+        SimSettings(rate=0.0), SimSettings(rate=1e6), SimSettings(max_batch=0), SimSettings(queue_batches=0),
+        SimSettings(universe=0), SimSettings(universe=-5), SimSettings(universe=MAX_UNIVERSE + 1),
+    )  # fmt: skip
+    for bad in bad_settings:
         with pytest.raises(MarketDataError):
             SimServer(bad)
+
+
+@pytest.mark.asyncio
+async def test_a_universe_of_200_lists_200_and_streams_verified_books_at_each_ones_rate() -> None:
+    expected = universe(200, 7)
+    async with running(universe=200, rate=20.0) as (server, channel):
+        stub = pb_grpc.MarketDataStub(channel)
+        listing = await stub.ListInstruments(pb.ListInstrumentsRequest())
+        assert [i.id for i in listing.instruments] == [i.id for i in expected]
+        assert len({i.id for i in listing.instruments}) == 200
+        assert {i.kind for i in listing.instruments} == {"crypto", "equity", "fx", "future"}
+
+        ids = [i.id for i in expected]
+        books = Books(ids)
+        snapshots: dict[str, int] = {}
+        counts: dict[str, int] = dict.fromkeys(ids, 0)
+        call = stub.Subscribe(pb.SubscribeRequest())
+        loop = asyncio.get_running_loop()
+        started = deadline = 0.0
+        async for batch in call:
+            in_batch = sum(ev.WhichOneof("body") == "snapshot" for ev in batch.events)
+            assert in_batch <= 100, "the snapshots of a large universe come in several messages"
+            for ev in batch.events:
+                if books.apply(ev) == "snapshot":  # raises on a gap or a checksum mismatch
+                    snapshots[ev.instrument] = ev.seq
+                else:
+                    assert ev.instrument in snapshots, f"{ev.instrument}: an event before its snapshot"
+                    counts[ev.instrument] += 1
+            if not started and len(snapshots) == 200:
+                started, deadline = loop.time(), loop.time() + 4.0
+            if started and loop.time() >= deadline:
+                break
+        call.cancel()
+        elapsed = loop.time() - started
+
+    assert set(snapshots) == set(ids), "every instrument starts with a snapshot"
+    ranked = sorted(expected[8:], key=lambda i: i.activity)
+    quiet, busy = ranked[:20], ranked[-5:]
+    assert all(counts[i.id] > 0 for i in busy), "the busiest instruments stream"
+    per_quiet = sum(counts[i.id] for i in quiet) / len(quiet)
+    per_busy = sum(counts[i.id] for i in busy) / len(busy)
+    assert per_busy > 10 * max(per_quiet, 1.0), f"busy {per_busy:.0f} vs quiet {per_quiet:.0f} events each"
+    for inst in DEFAULT_INSTRUMENTS:  # the named eight keep --rate
+        assert counts[inst.id] <= 20.0 * elapsed + 25, f"{inst.id}: {counts[inst.id]} events in {elapsed:.1f} s"
+    total = sum(counts.values())
+    assert total <= 20.0 * 200 * elapsed * 1.2, f"{total} events in {elapsed:.1f} s: more than --rate x 200"

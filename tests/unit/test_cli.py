@@ -298,3 +298,37 @@ def test_core_errors_are_one_line_exit_1(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setattr(cli, "_entry", lambda command: failing)
     assert cli.main(["sim"]) == 1
     assert capsys.readouterr().err == "marketdata sim: unknown instrument 'DOGE-USD'\n"
+
+
+def test_sim_universe_flag_and_variable(entry: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_of(entry, "sim").universe == 8, "the default universe is the eight named instruments"
+    assert settings_of(entry, "sim", "--universe", "1000").universe == 1000
+    monkeypatch.setenv("MD_UNIVERSE", "250")
+    assert settings_of(entry, "sim").universe == 250
+    assert settings_of(entry, "sim", "--universe", "10000").universe == 10000
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (("sim", "--universe", "0"), "argument --universe: 0 is outside 1-10000"),
+        (("sim", "--universe", "-3"), "argument --universe: -3 is outside 1-10000"),
+        (("sim", "--universe", "10001"), "argument --universe: 10001 is outside 1-10000"),
+        (("sim", "--universe", "many"), "argument --universe"),
+    ],
+)
+def test_sim_bad_universe_exits_2_with_one_line(
+    argv: tuple[str, ...], reason: str, entry: list[tuple[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = exits(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("marketdata sim: error:") and reason in err, err
+    assert entry == [], "nothing may start on a bad flag"
+
+
+def test_sim_bad_universe_variable_exits_2(entry: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MD_UNIVERSE", "0")
+    code, _, err = exits(capsys, "sim")
+    assert code == 2 and err.count("\n") == 1 and "MD_UNIVERSE='0'" in err, err
+    assert entry == []

@@ -15,7 +15,7 @@ import marketdata.sim.model
 from marketdata.book import ASK, BID
 from marketdata.errors import UnknownInstrument
 from marketdata.feed import Books
-from marketdata.instruments import DEFAULT_INSTRUMENTS
+from marketdata.instruments import DEFAULT_INSTRUMENTS, universe
 from marketdata.sim.model import (
     Event,
     Events,
@@ -230,3 +230,38 @@ def test_unknown_instrument_and_bad_config() -> None:
         m.generate("NOPE", 1, TS)
     with pytest.raises(ValueError):
         ModelConfig(min_depth=10, max_depth=5, initial_depth=7)
+
+
+def test_generated_instruments_make_sane_verifiable_books() -> None:
+    """Every kind and price level of a generated universe: books stay uncrossed, bounded, traded and rebuildable."""
+    listed = universe(160, 5)[8:]
+    assert {inst.kind for inst in listed} == {"crypto", "equity", "fx", "future"}
+    cfg = ModelConfig()
+    m = Model(listed, random.Random(5), cfg)
+    ids = [inst.id for inst in listed]
+    books = Books(ids)
+    for msg in wire([m.snapshot(name, TS) for name in ids]):
+        books.apply(msg)
+    for inst in listed:
+        name = inst.id
+        book = m.book(name)
+        trades = 0
+        for _ in range(6):
+            events = m.generate(name, 50, TS)
+            trades += sum(isinstance(ev.body, Trade) for ev in events)
+            for msg in wire(events):
+                books.apply(msg)  # raises on a gap or a checksum mismatch
+            assert not book.is_crossed(), f"{name}: crossed or locked at seq {book.seq}: {book.top()}"
+            assert cfg.min_depth <= book.depth(BID) <= cfg.max_depth and cfg.min_depth <= book.depth(ASK) <= cfg.max_depth
+        assert trades > 0, f"{name} ({inst.kind} at {inst.reference_price}) never traded in 300 events"
+        (bid, _), (ask, _) = book.level_at(BID, 0), book.level_at(ASK, 0)
+        ref = inst.reference_ticks
+        assert 0.5 * ref <= bid < ask <= 1.5 * ref, f"{name}: touch {bid}/{ask} strayed from {ref}"
+
+
+def test_a_thousand_instruments_each_get_their_own_book() -> None:
+    listed = universe(1000, 1)
+    m = Model(listed, random.Random(1))
+    assert all(m.book(inst.id).depth(BID) == ModelConfig().initial_depth for inst in listed)
+    assert m.snapshot(listed[-1].id, TS).seq == 0
+    assert len({m.book(inst.id).checksum() for inst in listed}) == 1000
