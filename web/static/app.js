@@ -5,6 +5,7 @@ import { clock } from "./clock.js";
 import { Instrument } from "./instrument.js";
 import { Feed, backoffDelay } from "./feed.js";
 import { Panel, renderStats, setChartColors } from "./panel.js";
+import { Picker } from "./picker.js";
 
 const DEFAULT_PANELS = 4;
 const TICK_MS = 500;
@@ -21,14 +22,16 @@ const notice = $("notice");
 const conn = $("conn");
 const connText = $("conn-text");
 const retryButton = $("retry");
-const picker = $("picker-list");
 const rateText = $("rate");
 
 const instruments = new Map(); // id -> Instrument, as the server lists them
 const listed = []; // ids in the server's order
 let selection = []; // ids in panel order
 const panels = new Map(); // id -> Panel
-const chips = new Map(); // id -> checkbox
+const picker = new Picker(
+  { list: $("picker-list"), filter: $("picker-filter"), count: $("picker-count") },
+  { onAdd: addInstrument, onRemove: removeInstrument },
+);
 let feedLive = { live: true, since: 0, reason: "" }; // the bridge's last `feed` message
 let downSince = 0; // wall ms the socket went down (0: up, or never up yet)
 let everOpen = false;
@@ -211,7 +214,7 @@ function applySelection(ids, updateUrl) {
   selection = ids.slice();
   feed.unsubscribe(gone);
   feed.subscribe(fresh);
-  for (const [id, box] of chips) box.checked = selection.includes(id);
+  picker.render(selection);
   notice.textContent = selection.length ? "" : "No instrument selected: tick one or more above.";
   notice.hidden = !!selection.length;
   if (updateUrl) writeUrl();
@@ -226,25 +229,8 @@ function removeInstrument(id) {
   const rest = selection.filter((x) => x !== id);
   applySelection(rest, true);
   // Keep keyboard focus somewhere sensible once the panel (and its button) is gone.
-  const box = chips.get(id);
+  const box = picker.box(id);
   if (box && document.activeElement === document.body) box.focus();
-}
-
-function buildPicker() {
-  picker.textContent = "";
-  for (const id of listed) {
-    const inst = instruments.get(id);
-    const box = document.createElement("input");
-    box.type = "checkbox";
-    box.value = id;
-    box.addEventListener("change", () => (box.checked ? addInstrument(id) : removeInstrument(id)));
-    const label = document.createElement("label");
-    label.className = "chip";
-    label.title = `${inst.description} (${inst.kind})`;
-    label.append(box, ` ${id}`);
-    chips.set(id, box);
-    picker.append(label);
-  }
 }
 
 // -- theme --------------------------------------------------------------------------
@@ -311,7 +297,7 @@ async function start() {
       console.warn(`skipping instrument ${json && json.id}: ${err.message}`);
     }
   }
-  buildPicker();
+  picker.build(listed, instruments);
   applySelection(parseSelection(), false);
   feed.start();
 }
