@@ -265,3 +265,11 @@ def test_a_thousand_instruments_each_get_their_own_book() -> None:
     assert all(m.book(inst.id).depth(BID) == ModelConfig().initial_depth for inst in listed)
     assert m.snapshot(listed[-1].id, TS).seq == 0
     assert len({m.book(inst.id).checksum() for inst in listed}) == 1000
+
+
+def test_the_named_eight_make_the_same_market_in_any_universe() -> None:
+    small = Model(DEFAULT_INSTRUMENTS, random.Random(9))
+    large = Model(universe(300, 9), random.Random(9))
+    for name in IDS:
+        assert large.snapshot(name, TS) == small.snapshot(name, TS)
+        assert large.generate(name, 300, TS) == small.generate(name, 300, TS)
