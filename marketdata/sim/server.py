@@ -40,7 +40,7 @@ from marketdata.clock import now_us
 from marketdata.errors import MarketDataError
 from marketdata.instruments import MAX_UNIVERSE, Instrument, select, universe
 from marketdata.settings import SimSettings
-from marketdata.sim.model import Model
+from marketdata.sim.model import Event, Model
 from marketdata.sim.schedule import Schedule
 from marketdata.sim.wire import WireEncoder, encode_events, pack, snapshot_event
 from marketdata.v1 import market_data_pb2 as pb
@@ -231,7 +231,11 @@ class SimServer:
             skipped = schedule.skipped
             due = schedule.due(clock, _MAX_CATCH_UP * speed)
             if schedule.skipped != skipped and now - behind_logged > 10.0:
-                log.warning("generator cannot keep up with %g events/s per instrument; skipping ahead", rate * speed)
+                log.warning(
+                    "generator cannot keep up with %g events/s per instrument on average; skipping ahead"
+                    " (%d events skipped since the start)",
+                    rate * speed, schedule.skipped,
+                )  # fmt: skip
                 behind_logged = now
             if due:
                 self._emit(due)
@@ -292,15 +296,16 @@ class SimServer:
             chosen[name] = None
         return tuple(chosen)
 
-    def _snapshots(self, instruments: tuple[str, ...]) -> list[bytes]:
-        """Fresh snapshots of `instruments`, all taken now, in messages of a bounded size."""
+    def _snapshots(self, instruments: tuple[str, ...]) -> list[list[Event]]:
+        """Fresh snapshots of `instruments`, all taken now, in groups of one message each.
+
+        They are encoded as they are sent: encoding a thousand books at once would hold
+        the event loop, and the generator, for a tenth of a second.
+        """
         ts = self._clock()
         snapshot = self.model.snapshot
         per = min(self.settings.max_batch, _SNAPSHOTS_PER_MESSAGE)
-        return [
-            self._encoder.snapshots([snapshot(name, ts) for name in instruments[i : i + per]])
-            for i in range(0, len(instruments), per)
-        ]
+        return [[snapshot(name, ts) for name in instruments[i : i + per]] for i in range(0, len(instruments), per)]
 
     async def _subscribe(self, request: pb.SubscribeRequest, context: aio.ServicerContext) -> None:
         # Writes with context.write rather than yielding: a write that finds the stream gone
@@ -319,7 +324,7 @@ class SimServer:
             queue = sub.queue
             while not self._closing:
                 if snapshots:
-                    data = snapshots.popleft()
+                    data = self._encoder.snapshots(snapshots.popleft())
                 elif sub.resync:
                     # Taken and the queue emptied with no await in between: it restarts after them.
                     snapshots.extend(self._snapshots(ids))
