@@ -7,10 +7,10 @@ into protobuf bytes, once per tick: one chunk per instrument due (at most
 max_batch events, checksum on its last event). Each subscriber gets those chunks,
 concatenated into EventBatch messages of its own instruments (a repeated field's
 encodings concatenate, so joining chunks never re-serialises anything), in a
-bounded queue. A subscriber whose queue is
-full is dropped from it and resynced: its queued batches are discarded and it
-gets fresh snapshots of its instruments when it next reads, so a slow reader
-costs a bounded amount of memory and sees a snapshot, never a gap.
+bounded queue. A subscriber whose queue is full is dropped from it and resynced:
+its queued batches are discarded and it gets fresh snapshots of its instruments
+when it next reads, so a slow reader costs a bounded amount of memory and sees a
+snapshot, never a gap.
 
 A server is one run of the exchange, and its epoch (Event.epoch in the proto) is
 the clock's reading, in microseconds since the Unix epoch, when the server is
