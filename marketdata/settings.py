@@ -82,6 +82,7 @@ class UpSettings:
     port: int = 8000  # first bridge; the others count upward
     bridges: int = 2
     ingestors: int = 2  # one leads and publishes, the others stand by with warm books
+    universe: int = 8  # instruments the simulator lists
     redis_url: str | None = None  # None: start the embedded server
     sim_port: int = 50051
     rate: float = 20.0

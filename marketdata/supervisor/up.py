@@ -94,7 +94,8 @@ def plan(settings: UpSettings, redis_url: str, output: Output) -> list[Child]:
     sim_addr = f"127.0.0.1:{settings.sim_port}"
     children = [
         Child("sim", ["sim", "--host", "127.0.0.1", "--port", str(settings.sim_port),
-                      "--rate", str(settings.rate), "--seed", str(settings.seed), *level], output),
+                      "--rate", str(settings.rate), "--seed", str(settings.seed),
+                      "--universe", str(settings.universe), *level], output),
     ]
     for i in range(settings.ingestors):
         children.append(Child(f"ingest-{i + 1}", ["ingest", "--sim", sim_addr, "--redis-url", redis_url,

@@ -15,7 +15,9 @@ PURE = [
     "marketdata.settings", "marketdata.backoff", "marketdata.logs", "marketdata.clock",
     # the roles' pure parts
     "marketdata.sim.model", "marketdata.sim.wire", "marketdata.ingest.publish_queue", "marketdata.client.ladder",
-    "marketdata.loadtest.latency", "marketdata.loadtest.measurement",
+    "marketdata.loadtest.latency", "marketdata.loadtest.measurement", "marketdata.sim.schedule", "marketdata.ingest.lease",
+    # the bridge's pure parts
+    "bridge.verify", "bridge.limits", "bridge.frames", "bridge.feed_state", "bridge.origins", "bridge.control",
 ]  # fmt: skip
 
 _PROBE = """
