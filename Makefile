@@ -21,6 +21,7 @@ TMPDIR ?= /tmp
 bench: $(STAMP)
 	$(BIN)/python bench/bench_book.py --quick
 	$(BIN)/python bench/bench_sim.py --quick
+	$(BIN)/python bench/bench_verify.py --quick
 	$(BIN)/python bench/bench_stream.py --runs 1 --seconds 2 --warmup 0.5
 	$(BIN)/python bench/bench_ingest.py --rates 1000 --modes on --seconds 2 --warmup 0.5
 	$(BIN)/python -m bench.fanout --small --out $(TMPDIR)/marketdata-fanout-small.json

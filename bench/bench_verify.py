@@ -9,7 +9,7 @@ ingestor encodes it): the whole check, its two parts (schema.decode; the checksu
 decoded levels), the cheap peek the bridge did before (schema.peek_order), and the
 fanout's whole per-book path with no socket attached. The cost per delivery at N sockets
 is the cost per book divided by N. Figures are medians of wall [CPU] time, as in
-bench/bench_book.py, with the same reference loop to compare machines.
+bench/bench_book.py, with the reference loop of bench/machine.py to compare machines.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_book import Times, calibrate, per_call_us  # noqa: E402
+from bench.bench_book import Times, per_call_us  # noqa: E402
+from bench.machine import reference_line  # noqa: E402
 from bridge.fanout import Fanout  # noqa: E402
 from bridge.metrics import Stats  # noqa: E402
 from bridge.topic import Topic  # noqa: E402
@@ -102,7 +103,7 @@ def main() -> None:
 
     print(f"# bench_verify: Python {platform.python_version()} on {platform.machine()}, {calls:,} calls, median of {repeats}")
     print(f"# load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; figures are wall [CPU] µs")
-    print(f"# machine speed: an empty `for` loop takes {calibrate():.0f} ns CPU per iteration")
+    print(reference_line())
     for depth in (10, 25):
         payload = book_payload(inst, depth, 1, rng)
         msg = schema.decode(payload)

@@ -64,3 +64,13 @@ def test_dashboard_benchmark_measures_a_live_page(tmp_path: Path) -> None:
     assert sample["fps"] > 0 and sample["messages_per_s"] > 0, sample
     for field in ("script_ms_per_frame", "layout_style_ms_per_frame", "heap_mb_after_gc"):
         assert sample[field] is not None, f"no {field}"
+
+
+@pytest.mark.parametrize("script", ["bench/bench_book.py", "bench/bench_verify.py"])
+def test_quick_benchmark_runs_and_prints_the_machine_reference(script: str) -> None:
+    """Each in-process benchmark runs in its quick form and prints the machine reference next to its figures."""
+    done = subprocess.run(
+        [sys.executable, script, "--quick", "--repeats", "1"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+    assert "# machine reference: an empty `for` loop takes" in done.stdout, done.stdout
