@@ -38,6 +38,7 @@ bridge, and supervises them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -221,8 +222,8 @@ def run(settings: BridgeSettings) -> int:
     try:
         reserved = shared_socket(settings.host, settings.port)
     except OSError as exc:
-        raise WorkerError(f"cannot serve {settings.host} port {settings.port}: {exc.strerror or exc}; "
-                          "stop whoever holds it or pass --port") from None
+        advice = "; stop whoever holds it or pass --port" if exc.errno == errno.EADDRINUSE else ""
+        raise WorkerError(f"cannot serve {settings.host} port {settings.port}: {exc.strerror or exc}{advice}") from None
     received: list[int] = []  # a signal handler only records; the loop below acts (and logs)
     previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in STOP_SIGNALS}
     board = Board(_board_dir())
