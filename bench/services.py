@@ -3,8 +3,9 @@
 A `Service` is one child process (its output kept in a log file, its CPU and RSS
 read with psutil); a `Contender` is a named set of them plus the base URLs and the
 protocol the load generator uses to reach it. `contender(name, ...)` knows how
-each one is started: ours is `python -m marketdata bridge`, the peers live in
-bench/peers/, and `trivial` is the calibration server (bench/trivial_server.py).
+each one is started: ours is `python -m marketdata bridge` (`ours-x2`: two of them on
+two ports, the clients split between them; `ours-w2`: one with `--workers 2`, two
+processes on one port), the peers live in bench/peers/, and `trivial` is the calibration server (bench/trivial_server.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +28,11 @@ from marketdata.supervisor.ports import free_port
 from marketdata.supervisor.processes import LoggedProcess, ProcessError
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENDERS = ("ours", "ours-x2", "seed", "broadcaster", "socketio")
+CONTENDERS = ("ours", "ours-x2", "ours-w2", "seed", "broadcaster", "socketio")
 LABELS = {
     "ours": "ours, 1 bridge",
     "ours-x2": "ours, 2 bridges",
+    "ours-w2": "ours, 1 bridge, --workers 2",
     "seed": "seed design (FastAPI + gRPC, send_json loop)",
     "broadcaster": "FastAPI + broadcaster (Redis)",
     "socketio": "python-socketio + AsyncRedisManager",
@@ -78,21 +81,30 @@ class Service:
     def tail(self, lines: int = 5) -> str:
         return " | ".join(self.process.tail(lines)) if self.process is not None else ""
 
-    def cpu(self) -> float:
-        """CPU seconds (user + system) the process used so far."""
+    def _tree(self) -> list[psutil.Process]:
+        """The process and the children it started (a bridge's --workers)."""
         if self.ps is None:
-            return 0.0
-        with contextlib.suppress(psutil.Error):
-            t = self.ps.cpu_times()
-            return t.user + t.system
-        return 0.0
+            return []
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.Error:
+            return [self.ps]
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the process and its children used so far."""
+        total = 0.0
+        for p in self._tree():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
 
     def rss(self) -> int:
-        if self.ps is None:
-            return 0
-        with contextlib.suppress(psutil.Error):
-            return self.ps.memory_info().rss
-        return 0
+        total = 0
+        for p in self._tree():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is not None:
@@ -123,6 +135,8 @@ class Contender:
                 s.wait_port(timeout)
             for url in self.urls:
                 first_book(url, self.protocol, probe_instrument, timeout)
+                if self.name == "ours-w2":  # the kernel spreads connections over listening workers only
+                    workers_serving(url, 2, timeout)
         except BaseException:
             self.stop()
             raise
@@ -168,6 +182,17 @@ def first_book(base: str, protocol: str, instrument: str, timeout: float) -> Non
     raise ServiceError(f"no book from {base} ({protocol}) within {timeout:.0f} s: {last}")
 
 
+def workers_serving(base: str, n: int, timeout: float) -> None:
+    """Wait until the bridge's /metrics lists `n` workers (each publishes once it listens)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/metrics", timeout=2) as res:
+            if res.read().count(b"bridge_worker_sockets_open{") >= n:
+                return
+        time.sleep(0.2)
+    raise ServiceError(f"{base} did not list {n} serving workers in /metrics within {timeout:.0f} s")
+
+
 def _py(module: str, *args: str) -> list[str]:
     return ["-m", module, *args]
 
@@ -175,9 +200,10 @@ def _py(module: str, *args: str) -> list[str]:
 def contender(name: str, redis_url: str, sim: str, logs: Path, trivial_rate: float = 100.0) -> Contender:
     """How each contender is started, each on free ports."""
     quiet = ("--log-level", "warning")
-    if name in ("ours", "ours-x2"):
+    if name in ("ours", "ours-x2", "ours-w2"):
         ports = [free_port() for _ in range(2 if name == "ours-x2" else 1)]
-        services = [Service(f"bridge-{p}", _py("marketdata", "bridge", "--port", str(p), "--redis-url", redis_url, *quiet), p)
+        workers = ("--workers", "2") if name == "ours-w2" else ()
+        services = [Service(f"bridge-{p}", _py("marketdata", "bridge", "--port", str(p), "--redis-url", redis_url, *workers, *quiet), p)
                     for p in ports]
         return Contender(name, services, tuple(f"http://127.0.0.1:{p}" for p in ports), "single", logs)
     port = free_port()

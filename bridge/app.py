@@ -96,6 +96,7 @@ def create_app(settings: BridgeSettings, *, raw_frames: bool = True) -> FastAPI:
 
     app = FastAPI(title="marketdata bridge", version=__version__, lifespan=lifespan)
     app.state.bridge = bridge
+    app.state.metrics = metrics  # bridge.workers makes it sum every worker's counters
     app.add_middleware(KeepRawSend)
     templates = Jinja2Templates(directory=str(WEB / "templates"))
     if not (WEB / "templates" / "index.html").exists():
@@ -263,7 +264,15 @@ def build_server(settings: BridgeSettings, app: FastAPI) -> BridgeServer:
 
 
 def run(settings: BridgeSettings) -> int:
-    """Serve until SIGINT or SIGTERM, then close every socket with 1001 and stop."""
+    """Serve until SIGINT or SIGTERM, then close every socket with 1001 and stop.
+
+    With `settings.workers` other than 1, this process supervises that many worker
+    processes serving the port instead (bridge.workers).
+    """
+    if settings.workers != 1:
+        from bridge import workers  # it builds on this module
+
+        return workers.run(settings)
     app = create_app(settings)
     server = build_server(settings, app)
     server.run()

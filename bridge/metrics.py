@@ -3,15 +3,23 @@
 The hot path only adds to integer fields of `Stats` (tens of nanoseconds), never
 calls prometheus-client per message; a custom collector turns them into metric
 families when /metrics is scraped. Each app gets its own registry, so several
-bridges can live in one process (the tests do that).
+bridges can live in one process (the tests do that). With several worker processes on
+one port (bridge.workers) any worker's /metrics answers for all of them: each publishes
+its counters to a private directory (`Board`) and the one scraped sums them
+(bridge.worker_stats), under the same names.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,6 +28,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from bridge import worker_stats
 from bridge.limits import REFUSALS
 from bridge.verify import REASONS
 
@@ -140,8 +149,104 @@ class Metrics:
 
     def __init__(self, stats: Stats, gauges: Callable[[], Gauges]) -> None:
         self.stats = stats
+        self.gauges = gauges
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(stats, gauges))
+        self._board: tuple[Board, int, str] | None = None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def share(self, board: Board, worker: int, name: str) -> None:
+        """From now on publish this process's counters as file `name` of `board`, and render
+        every worker's sum (bridge.workers: one worker of several serving a port)."""
+        self._board = (board, worker, name)
+        self.registry = CollectorRegistry()
+        self.registry.register(_Summed(self, board))
+
+    def publish(self) -> None:
+        """Write this worker's snapshot to the board (a no-op unless shared)."""
+        if self._board is not None:
+            board, worker, name = self._board
+            board.publish(name, worker_stats.snapshot(worker, self.stats, self.gauges()))
+
+
+# -- several workers, one port (bridge.workers): the counters summed through a private directory --
+
+
+class Board:
+    """A private directory where each worker keeps its latest snapshot (`live-*.json`) and the
+    parent the counters of dead workers (`retired.json`); any worker's /metrics sums them.
+
+    Files are replaced whole (write a temporary file, then rename), so a reader sees an old
+    snapshot or a new one, never half of one.
+    """
+
+    RETIRED = "retired.json"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def live_name(worker: int, generation: int) -> str:
+        return f"live-{worker}-{generation}.json"
+
+    def publish(self, name: str, data: dict[str, Any]) -> None:
+        tmp = self.path / f".{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(orjson.dumps(data))
+        os.replace(tmp, self.path / name)
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def _load(self, name: str) -> dict[str, Any] | None:
+        try:
+            return orjson.loads((self.path / name).read_bytes())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+
+    def read(self) -> worker_stats.Merged:
+        """Every worker's counters summed, the live workers' gauges."""
+        for _ in range(3):
+            # Listed before retired.json is read: the parent writes retired.json (absorbing a
+            # dead worker's file) before it removes that file, so a listed file that is gone
+            # by the time it is opened is in the retired.json of the next attempt.
+            names = sorted(n for n in os.listdir(self.path) if n.startswith("live-") and n.endswith(".json"))
+            retired = worker_stats.Retired.from_json(self._load(self.RETIRED))
+            live = [self._load(n) for n in names if n not in retired.absorbed]
+            if all(snap is not None for snap in live):
+                break
+        return worker_stats.merge([snap for snap in live if snap is not None], retired)
+
+    def retire(self, name: str) -> None:
+        """Fold a dead worker's last snapshot into the retired counters, then remove its file."""
+        retired = worker_stats.Retired.from_json(self._load(self.RETIRED))
+        self.publish(self.RETIRED, worker_stats.retire(retired, name, self._load(name)).to_json())
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / name).unlink()
+
+
+class _Summed:
+    """The bridge's families as every worker's sum (same names, same lines), plus each worker's sockets."""
+
+    def __init__(self, metrics: Metrics, board: Board) -> None:
+        self._metrics = metrics
+        self._board = board
+
+    def describe(self) -> Iterator[Metric]:
+        yield from _Collector(Stats(), lambda: Gauges(0, 0, False, False)).describe()
+        yield GaugeMetricFamily("bridge_worker_sockets_open", _WORKER_SOCKETS, labels=("worker",))
+
+    def collect(self) -> Iterator[Metric]:
+        self._metrics.publish()  # this worker's own counters as fresh as the scrape
+        merged = self._board.read()
+        stats = worker_stats.fill(Stats(), merged.counters)
+        gauges = Gauges(**{f.name: merged.gauges.get(f.name, 0) for f in fields(Gauges)})
+        yield from _Collector(stats, lambda: gauges).collect()
+        family = GaugeMetricFamily("bridge_worker_sockets_open", _WORKER_SOCKETS, labels=("worker",))
+        for worker, n in merged.sockets_by_worker.items():
+            family.add_metric((str(worker),), n)
+        yield family
+
+
+_WORKER_SOCKETS = "WebSocket clients connected to each worker process of this bridge (--workers)."

@@ -268,6 +268,7 @@ def build_parser() -> _Parser:
     p.opt("--ops-rate", "MD_OPS_RATE", positive_float, "inbound WebSocket frames per socket per second; over it the socket is closed 1008 'rate limit'")
     p.opt("--ops-burst", "MD_OPS_BURST", positive_int, "inbound WebSocket frames a socket may send at once before --ops-rate applies")
     p.opt("--max-instruments", "MD_MAX_INSTRUMENTS", positive_int, "instruments one /ws socket may subscribe at once; over it the subscribe gets an error too_many_instruments")
+    p.opt("--workers", "MD_BRIDGE_WORKERS", count, "processes serving the one port, the kernel spreading connections over them (Linux; 1: this process alone; 0: one per core); the limits above apply to each worker")
     _common(p)
 
     p = sub.add_parser("client", help="print live books from the simulator in the terminal", description="Subscribe to the simulator, rebuild and verify every book, show a live ladder (or JSON lines).", settings=ClientSettings)

@@ -65,6 +65,7 @@ class BridgeSettings:
     ops_rate: float = 20.0  # inbound frames per socket per second, on average; over it: close 1008 "rate limit"
     ops_burst: int = 40  # inbound frames a socket may send at once before ops_rate applies
     max_instruments: int = 100  # instruments subscribed on one /ws socket at most
+    workers: int = 1  # processes serving the port (bridge.workers); 1: this process alone; 0: one per core
 
 
 @dataclass(frozen=True, slots=True)
