@@ -209,6 +209,7 @@ def build_parser() -> _Parser:
 
     p = sub.add_parser("up", help="run everything: Redis, simulator, ingestor and N bridges", description="Start the whole system in one terminal and print the dashboard URLs. Ctrl-C stops everything.", settings=UpSettings)
     p.opt("--bridges", "MD_BRIDGES", positive_int, "bridge processes to start")
+    p.opt("--bridge-workers", "MD_BRIDGE_WORKERS", count, "worker processes of each bridge on its port (0: one per core)")
     p.opt("--universe", "MD_UNIVERSE", universe_size, "instruments the simulator lists: the eight named ones, then generated ones (see marketdata sim --help)")
     p.opt("--ingestors", "MD_INGESTORS", positive_int, "ingestor processes to start: one leads, the others stand by and take over within one lease")
     p.opt("--host", "MD_BRIDGE_HOST", str, "interface the bridges listen on")

@@ -82,6 +82,7 @@ class UpSettings:
     host: str = "127.0.0.1"
     port: int = 8000  # first bridge; the others count upward
     bridges: int = 2
+    bridge_workers: int = 1  # processes per bridge on its port; 0: one per core
     ingestors: int = 2  # one leads and publishes, the others stand by with warm books
     universe: int = 8  # instruments the simulator lists
     redis_url: str | None = None  # None: start the embedded server

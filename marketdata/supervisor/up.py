@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX = 10.0
 STOP_TIMEOUT = 5.0  # seconds a child gets between SIGTERM and SIGKILL
+BRIDGE_STOP_TIMEOUT = 12.0  # a bridge with workers gives them 10 s to close their sockets with 1001
 READY_TIMEOUT = 30.0  # seconds the bridges get to answer /healthz at start
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -50,6 +51,7 @@ class Child:
     name: str
     args: list[str]
     output: Output
+    grace: float = STOP_TIMEOUT  # between SIGTERM and SIGKILL
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -81,7 +83,7 @@ class Child:
         proc = self.proc
         if proc is None:
             return
-        code = await processes.stop_async(proc, STOP_TIMEOUT)
+        code = await processes.stop_async(proc, self.grace)
         log.info("%s stopped (exit code %d)", self.name, code)
         if self.pump is not None:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -102,7 +104,8 @@ def plan(settings: UpSettings, redis_url: str, output: Output) -> list[Child]:
                                                    "--depth", str(settings.depth), *level], output))
     for i in range(settings.bridges):
         children.append(Child(f"bridge-{i + 1}", ["bridge", "--host", settings.host, "--port",
-                                                   str(settings.port + i), "--redis-url", redis_url, *level], output))
+                                                   str(settings.port + i), "--redis-url", redis_url,
+                                                   "--workers", str(settings.bridge_workers), *level], output, BRIDGE_STOP_TIMEOUT))
     return children
 
 
