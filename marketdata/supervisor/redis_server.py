@@ -146,6 +146,9 @@ class RedisServer:
             *listen,
             "--bind", self.host,
             "--aclfile", str(acl_file),
+            # DEBUG (SLEEP, to stall the server in a test) from this machine, for the admin
+            # only: the roles have no @dangerous command
+            "--enable-debug-command", "local",
             "--dir", str(folder),
             "--save", "",
             "--appendonly", "no",

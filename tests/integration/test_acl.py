@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import stat
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -20,6 +22,7 @@ from redis.retry import Retry
 
 from marketdata.ingest.ingestor import Ingestor
 from marketdata.settings import IngestSettings
+from marketdata.supervisor.acl import ADMIN, ROLES, acl_lines
 from marketdata.supervisor.redis_server import RedisServer
 from tests.conftest import RunningSim
 from tests.support import async_wait_for
@@ -109,6 +112,7 @@ def test_each_role_is_refused_what_it_must_not_do(clients: Callable[[str], redis
         "ingest CONFIG GET": lambda: ingest.config_get("maxmemory"),
         "ingest CONFIG SET": lambda: ingest.config_set("maxmemory", "1"),
         "ingest KEYS": lambda: ingest.keys("*"),
+        "ingest DEBUG": lambda: ingest.execute_command("DEBUG", "SLEEP", "0"),
         "ingest CLIENT LIST": lambda: ingest.client_list(),
         "ingest SCRIPT FLUSH": lambda: ingest.script_flush(),
         "ingest ACL": lambda: ingest.acl_list(),
@@ -123,6 +127,7 @@ def test_each_role_is_refused_what_it_must_not_do(clients: Callable[[str], redis
 
 def test_each_role_can_do_what_it_needs(clients: Callable[[str], redis.Redis]) -> None:
     ingest, bridge, inspect = clients("ingest"), clients("bridge"), clients("inspect")
+    assert clients("admin").execute_command("DEBUG", "SLEEP", "0")  # the tests' own user may stall the server
     ingest.set("md:book:BTC-USD", b"{}")
     ingest.lpush("md:trades:BTC-USD", b"t")
     assert bridge.get("md:book:BTC-USD") == inspect.get("md:book:BTC-USD") == b"{}"
@@ -190,3 +195,22 @@ async def test_an_ingestor_publishes_books_and_trades_as_ingest(sim: RunningSim,
         await asyncio.gather(task, return_exceptions=True)
         await pubsub.aclose()
         await reader.aclose()
+
+
+def test_the_servers_acl_file_is_private_and_holds_no_password(clients: Callable[[str], redis.Redis], redis_server: RedisServer) -> None:
+    path = Path(clients("admin").config_get("aclfile")["aclfile"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert not any(redis_server.password(user) in text for user in (*ROLES, ADMIN)), "a cleartext password in the ACL file"
+    assert text.splitlines()[:4] == acl_lines({user: redis_server.password(user) for user in ROLES})
+
+
+def test_a_restarted_server_keeps_the_passwords(private_redis: RedisServer) -> None:
+    url = private_redis.url_for("inspect")
+    private_redis.restart()
+    assert private_redis.url_for("inspect") == url
+    client = redis.Redis.from_url(url)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
