@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from marketdata import __version__
 from marketdata.errors import MarketDataError
 from marketdata.instruments import MAX_UNIVERSE
+from marketdata.logs import redact
 from marketdata.settings import (
     LOG_LEVEL,
     BridgeSettings,
@@ -95,7 +96,7 @@ def address(text: str) -> str:
 
 def redis_url(text: str) -> str:
     if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+        raise ValueError(f"{redact(text)!r} is not a redis://, rediss:// or unix:// URL")
     return text
 
 
@@ -174,7 +175,7 @@ class _Parser(argparse.ArgumentParser):
         try:
             return kind(raw)
         except ValueError as exc:
-            self.env_errors.append(f"environment variable {env}={raw!r}: {exc}")
+            self.env_errors.append(f"environment variable {env}={redact(raw)!r}: {exc}")
             return default
 
     def opt(self, flag: str, env: str, kind: Callable[[str], Any], help: str, default: Any = _NO_DEFAULT) -> None:

@@ -33,11 +33,11 @@ class Throttled:
 
 def redact(url: str) -> str:
     """The URL with any password hidden, fit for a log line or an error message."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # unparsable ("redis://[x"), so where a password would be is unknown
+        return "(an unparsable URL)"
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"  # host:port as written, even a bad port
     return urlunsplit(parts._replace(netloc=netloc))

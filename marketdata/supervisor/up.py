@@ -2,7 +2,11 @@
 
 Starts the embedded Redis (unless --redis-url names one), the simulator, N
 ingestors (one leads, the others stand by) and N bridges as child processes, prefixes their logs, prints where to
-look, and restarts a child that dies. Whatever ends `up` (Ctrl-C, SIGTERM, SIGHUP
+look, and restarts a child that dies. The embedded Redis runs with the users of the
+roles (marketdata.supervisor.acl): the ingestors log in as `ingest`, the bridges as
+`bridge`, each child finding its URL in its environment (MD_REDIS_URL), never on its
+command line, which any user of the machine can read; the banner shows the read-only
+`inspect` user's and no other password. Whatever ends `up` (Ctrl-C, SIGTERM, SIGHUP
 from a closed terminal, a closed output pipe), it stops everything in order: the
 bridges first (their sockets close with 1001), then the ingestors, the simulator,
 and Redis last, leaving no process and no port behind. The children lead their own
@@ -21,12 +25,14 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 
 from marketdata.errors import MarketDataError
+from marketdata.logs import redact
 from marketdata.settings import UpSettings
 from marketdata.supervisor import processes
+from marketdata.supervisor.acl import ROLES
 from marketdata.supervisor.output import Output
 from marketdata.supervisor.ports import describe_holder, is_free
 from marketdata.supervisor.redis_server import RedisServer
@@ -51,6 +57,7 @@ class Child:
     name: str
     args: list[str]
     output: Output
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # on top of ours, minus MD_REDIS_URL
     grace: float = STOP_TIMEOUT  # between SIGTERM and SIGKILL
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
@@ -58,10 +65,11 @@ class Child:
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "MD_REDIS_URL"}  # only the roles that use Redis get one
         self.proc = await processes.spawn_async(
             [sys.executable, "-m", "marketdata", *self.args],
             stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**env, "PYTHONUNBUFFERED": "1", **self.env},
         )
         self.started_at = time.monotonic()
         self.pump = asyncio.create_task(self._pump(self.proc), name=f"log-{self.name}")
@@ -90,8 +98,12 @@ class Child:
                 await asyncio.wait_for(self.pump, 1.0)
 
 
-def plan(settings: UpSettings, redis_url: str, output: Output) -> list[Child]:
-    """The child processes, in start order (stopped in reverse)."""
+def plan(settings: UpSettings, redis_urls: Mapping[str, str], output: Output) -> list[Child]:
+    """The child processes, in start order (stopped in reverse).
+
+    `redis_urls` holds the URL of each role ("ingest", "bridge"); it goes into the child's
+    environment, since a password on a command line is visible to every user (ps, /proc).
+    """
     level = ["--log-level", logging.getLevelName(logging.getLogger().level).lower()]
     sim_addr = f"127.0.0.1:{settings.sim_port}"
     children = [
@@ -100,12 +112,12 @@ def plan(settings: UpSettings, redis_url: str, output: Output) -> list[Child]:
                       "--universe", str(settings.universe), *level], output),
     ]
     for i in range(settings.ingestors):
-        children.append(Child(f"ingest-{i + 1}", ["ingest", "--sim", sim_addr, "--redis-url", redis_url,
-                                                   "--depth", str(settings.depth), *level], output))
+        children.append(Child(f"ingest-{i + 1}", ["ingest", "--sim", sim_addr, "--depth", str(settings.depth), *level],
+                              output, {"MD_REDIS_URL": redis_urls["ingest"]}))
     for i in range(settings.bridges):
-        children.append(Child(f"bridge-{i + 1}", ["bridge", "--host", settings.host, "--port",
-                                                   str(settings.port + i), "--redis-url", redis_url,
-                                                   "--workers", str(settings.bridge_workers), *level], output, BRIDGE_STOP_TIMEOUT))
+        children.append(Child(f"bridge-{i + 1}", ["bridge", "--host", settings.host, "--port", str(settings.port + i),
+                                                   "--workers", str(settings.bridge_workers), *level],
+                              output, {"MD_REDIS_URL": redis_urls["bridge"]}, BRIDGE_STOP_TIMEOUT))
     return children
 
 
@@ -184,20 +196,25 @@ async def _stop_all(children: list[Child], redis: RedisServer | None) -> None:
 
 
 def _banner(settings: UpSettings, redis: RedisServer | None, redis_url: str) -> str:
+    """Where to look. The only password in it is the read-only `inspect` user's."""
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     lines = ["", "marketdata is up:"]
     for i in range(settings.bridges):
         lines.append(f"  dashboard  http://{shown_host}:{settings.port + i}/")
     lines.append(f"  simulator  grpc 127.0.0.1:{settings.sim_port}   (marketdata client --sim 127.0.0.1:{settings.sim_port})")
     if redis is not None:
+        # REDISCLI_AUTH keeps even this password off redis-cli's command line (and its warning away)
+        login = f"REDISCLI_AUTH={redis.password('inspect')}"
+        command = f"-p {redis.port} --user inspect subscribe md:book:BTC-USD"
         cli = os.path.join(os.path.dirname(redis.binary), "valkey-cli")
-        lines.append(f"  redis      {redis_url}   (embedded)")
-        lines.append(f"  inspect    redis-cli -p {redis.port} subscribe md:book:BTC-USD")
+        lines.append(f"  redis      redis://{redis.host}:{redis.port}/0   (embedded; users {', '.join(ROLES)}, the default user off)")
+        lines.append(f"  inspect    {login} redis-cli {command}")
         if os.access(cli, os.X_OK):
-            lines.append(f"             (no redis-cli? {cli} -p {redis.port} subscribe md:book:BTC-USD)")
+            lines.append(f"             (no redis-cli? {login} {cli} {command})")
     else:
-        lines.append(f"  redis      {redis_url}")
-        lines.append(f"  inspect    redis-cli -u {redis_url} subscribe md:book:BTC-USD")
+        shown = redact(redis_url)
+        lines.append(f"  redis      {shown}")
+        lines.append(f"  inspect    redis-cli -u {shown} subscribe md:book:BTC-USD" + ("   (*** is your password)" if shown != redis_url else ""))
     lines.append("Ctrl-C stops everything.")
     return "\n".join(lines) + "\n"
 
@@ -221,9 +238,11 @@ async def supervise(settings: UpSettings) -> int:
         if settings.redis_url is None:
             redis = RedisServer().start()  # from the loop's thread: the main one (see processes.py)
             redis_url = redis.url
+            urls = {role: redis.url_for(role) for role in ("ingest", "bridge")}
         else:
-            redis_url = settings.redis_url
-        children = plan(settings, redis_url, output)
+            redis_url = settings.redis_url  # its users are the owner's business: every role logs in with this one
+            urls = {"ingest": redis_url, "bridge": redis_url}
+        children = plan(settings, urls, output)
         if await _unless_stopped(_start_all(children, settings), stop):
             output.print(_banner(settings, redis, redis_url))
             await _watch(children, redis, stop)

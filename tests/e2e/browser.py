@@ -98,8 +98,8 @@ class Pipeline:
         self.sim_port = free_port()
         self.bridge_port = free_port()
         self.sim = Role("sim", ["--port", str(self.sim_port), "--rate", str(rate), "--seed", str(seed), *(sim_args or [])], self.log_dir)
-        self.ingest = Role("ingest", ["--sim", f"127.0.0.1:{self.sim_port}", "--redis-url", self.redis.url, "--depth", str(depth)], self.log_dir)
-        self.bridge = Role("bridge", ["--port", str(self.bridge_port), "--redis-url", self.redis.url], self.log_dir)
+        self.ingest = Role("ingest", ["--sim", f"127.0.0.1:{self.sim_port}", "--redis-url", self.redis.url_for("ingest"), "--depth", str(depth)], self.log_dir)
+        self.bridge = Role("bridge", ["--port", str(self.bridge_port), "--redis-url", self.redis.url_for("bridge")], self.log_dir)
 
     @property
     def url(self) -> str:

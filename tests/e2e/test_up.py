@@ -1,6 +1,7 @@
-"""`marketdata up` as a user runs it: everything starts, books agree everywhere, and
+"""`marketdata up` as a user runs it: everything starts, books agree everywhere,
 whatever ends it (Ctrl-C, SIGTERM, a closed terminal, a closed pipe, kill -9) leaves no
-process and no port behind."""
+process and no port behind, and its Redis lets in only the users of the roles, whose
+passwords appear nowhere but in the children's environments (inspect's in the banner)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import random
 import re
 import select
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +22,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
@@ -61,11 +67,11 @@ class Up:
     tee`). Started like every child of the supervisor, it cannot outlive the test run.
     """
 
-    def __init__(self, bridges: int, log_path: Path, merged: bool = False) -> None:
+    def __init__(self, bridges: int, log_path: Path, merged: bool = False, extra: tuple[str, ...] = ()) -> None:
         self.port = _quiet_ports(bridges)
         self.sim_port = _quiet_ports(1)
         self.log_path = log_path
-        args = ["--bridges", str(bridges), "--port", str(self.port), "--sim-port", str(self.sim_port), "--rate", "50"]
+        args = ["--bridges", str(bridges), "--port", str(self.port), "--sim-port", str(self.sim_port), "--rate", "50", *extra]
         with open(log_path, "wb") as log:
             self.proc = processes.spawn([sys.executable, "-m", "marketdata", "up", *args],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merged else log)
@@ -104,7 +110,14 @@ class Up:
 
     @property
     def redis_port(self) -> int:
-        return self.banner_port(r"redis-cli -p (\d+) subscribe")
+        return self.banner_port(r"redis-cli -p (\d+) --user inspect subscribe")
+
+    @property
+    def inspect_url(self) -> str:
+        """The read-only user's URL, from the banner's redis-cli line."""
+        match = re.search(r"REDISCLI_AUTH=(\S+) redis-cli -p (\d+) --user inspect ", self.banner)
+        assert match, f"no redis-cli line with the inspect user in the banner:\n{self.banner}"
+        return f"redis://inspect:{match.group(1)}@127.0.0.1:{match.group(2)}/0"
 
     def close_stdout(self) -> None:
         """Close the reading end of its stdout, as `head -1` or a dying `tee` does."""
@@ -125,8 +138,8 @@ def start_up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
     """Start `marketdata up` (embedded Redis, free ports) and wait for its banner; stopped after the test."""
     started: list[Up] = []
 
-    def start(bridges: int = 1, merged: bool = False) -> Up:
-        running = Up(bridges, tmp_path / f"up-{len(started)}.log", merged)
+    def start(bridges: int = 1, merged: bool = False, extra: tuple[str, ...] = ()) -> Up:
+        running = Up(bridges, tmp_path / f"up-{len(started)}.log", merged, extra)
         started.append(running)
         wait_for(lambda: "Ctrl-C stops everything" in running.banner or running.proc.poll() is not None,
                  timeout=60, what="the `marketdata up` banner")
@@ -209,7 +222,7 @@ def test_up_serves_the_same_books_everywhere_and_ctrl_c_leaves_nothing(up: Up) -
         await asyncio.gather(
             _collect(f"ws://127.0.0.1:{port}/ws/market_data/BTC-USD", 30, got[0]),
             _collect(f"ws://127.0.0.1:{port + 1}/ws/market_data/BTC-USD", 30, got[1]),
-            _collect_redis(f"redis://127.0.0.1:{redis_port}/0", "md:book:BTC-USD", 30, got[2]),
+            _collect_redis(up.inspect_url, "md:book:BTC-USD", 30, got[2]),
         )
 
     asyncio.run(asyncio.wait_for(gather(), 45))
@@ -297,3 +310,103 @@ def test_up_restarts_a_child_that_dies(up: Up) -> None:
     wait_for(lambda: "sim exited with code" in up.output, timeout=15, what="the supervisor to notice")
     wait_for(lambda: [p for p in _children(up).get("sim", []) if p.pid != victim.pid],
              timeout=20, what="a new simulator process")
+
+
+def _cli_line(banner: str) -> tuple[dict[str, str], list[str]]:
+    """The banner's first inspect line whose redis-cli (or valkey-cli) exists here, else the
+    first: its environment assignment and its argv."""
+    found = re.findall(r"REDISCLI_AUTH=(\S+) (\S+) (-p \d+ --user inspect subscribe [^\s)]+)", banner)
+    assert found, f"no redis-cli line with the inspect user in the banner:\n{banner}"
+    password, cli, args = next((line for line in found if shutil.which(line[1])), found[0])
+    return {"REDISCLI_AUTH": password}, [cli, *args.split()]
+
+
+def _first_book_through(env: dict[str, str], argv: list[str]) -> str:
+    """Run the banner's redis-cli command until it prints a book; what it printed.
+
+    Without a redis-cli here, redis-py does what the line says: `--user inspect`, the
+    password of REDISCLI_AUTH, `subscribe CHANNEL` on port `-p`.
+    """
+    if shutil.which(argv[0]) is None:
+        port, channel = int(argv[argv.index("-p") + 1]), argv[-1]
+        client = redis.Redis(port=port, username=argv[argv.index("--user") + 1], password=env["REDISCLI_AUTH"])
+        with client, client.pubsub() as pubsub:
+            pubsub.subscribe(channel)
+            got = wait_for(lambda: pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1), timeout=20, interval=0,
+                           what=f"a book on {channel} as the banner's user")
+        return got["data"].decode()
+    with subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, **processes.child_options()) as cli:
+        try:
+            seen: list[str] = []
+
+            def book() -> bool:
+                assert cli.stdout is not None and cli.poll() is None, f"{argv[0]} exited: {''.join(seen)}"
+                if select.select([cli.stdout], [], [], 0.1)[0]:
+                    seen.append(cli.stdout.readline())
+                return seen[-1].startswith('{"v":1,"type":"book"') if seen else False
+
+            wait_for(book, timeout=20, interval=0, what=f"a book printed by {shlex.join(argv)}")
+            return "".join(seen)
+        finally:
+            processes.stop(cli, 5)
+
+
+def _refused(attempt: Callable[[], object]) -> bool:
+    try:
+        attempt()
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError):
+        return True
+    return False
+
+
+def test_up_lets_in_only_the_users_of_the_roles_and_shows_no_password_but_inspects(start_up: Callable[..., Up]) -> None:
+    up = start_up(bridges=1, extra=("--log-level", "debug"))  # every line that could name a URL
+    roles = _children(up)
+    env_urls = {role: roles[role][0].environ().get("MD_REDIS_URL", "") for role in ("ingest", "bridge")}
+    passwords = {role: redis.connection.parse_url(url).get("password", "") for role, url in env_urls.items()}
+    assert env_urls["ingest"].startswith("redis://ingest:") and env_urls["bridge"].startswith("redis://bridge:"), env_urls
+    assert all(len(p) >= 16 for p in passwords.values()), "generated passwords are long"
+    assert "MD_REDIS_URL" not in roles["sim"][0].environ(), "the simulator needs no Redis login"
+
+    nobody = redis.Redis(port=up.redis_port, protocol=2, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    try:
+        assert _refused(lambda: nobody.publish("md:book:BTC-USD", b"{}")), "PUBLISH without a login"
+        pubsub = nobody.pubsub()
+        assert _refused(lambda: (pubsub.subscribe("md:book:BTC-USD"), pubsub.get_message(timeout=5))), "SUBSCRIBE without a login"
+        pubsub.close()
+    finally:
+        nobody.close()
+
+    env, argv = _cli_line(up.banner)
+    printed = _first_book_through(env, argv)
+    assert "Warning" not in printed, printed  # REDISCLI_AUTH: no password on redis-cli's command line either
+    inspect_password = env["REDISCLI_AUTH"]
+
+    for child in [p for group in roles.values() for p in group]:
+        cmdline = " ".join(child.cmdline())
+        assert inspect_password not in cmdline and not any(p in cmdline for p in passwords.values()), f"a password in argv: {cmdline}"
+        assert not re.search(r"rediss?://[^ ]*:[^ ]*@", cmdline), f"a URL with credentials in argv: {cmdline}"
+    assert up.stop() == 0
+    output = up.output
+    for role, password in passwords.items():
+        assert password not in output, f"the {role} password is in up's output"
+    shown = [line for line in output.splitlines() if inspect_password in line]
+    assert len(shown) in (1, 2) and all("--user inspect subscribe" in line for line in shown), shown
+    assert not re.search(r"rediss?://\w*:(?!\*\*\*@)[^@\s]+@", output), "a URL with a password in up's output"
+
+
+def test_up_hands_an_external_redis_url_to_every_role_in_the_environment(start_up: Callable[..., Up], private_redis: RedisServer) -> None:
+    url = private_redis.url
+    up = start_up(bridges=1, extra=("--redis-url", url))
+    roles = _children(up)
+    assert "redis" not in roles, "no embedded Redis with --redis-url"
+    for role in ("ingest", "bridge"):
+        child = roles[role][0]
+        assert child.environ()["MD_REDIS_URL"] == url and url not in " ".join(child.cmdline())
+    inspect = redis.Redis.from_url(private_redis.url_for("inspect"))
+    try:
+        wait_for(lambda: inspect.get("md:book:BTC-USD"), timeout=20, what="a book in the external Redis")
+    finally:
+        inspect.close()
+    assert private_redis.password("admin") not in up.output and "admin:***@" in up.banner

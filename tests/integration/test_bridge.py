@@ -106,12 +106,12 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def start_bridge(redis_url: str) -> Iterator[Callable[..., Running]]:
+def start_bridge(bridge_url: str) -> Iterator[Callable[..., Running]]:
     """Start bridges (uvicorn on a free port, its own loop on a thread) and stop them after the test."""
     started: list[Running] = []
 
     def start(**overrides: Any) -> Running:
-        values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "redis_url": redis_url, "stale_after": 30.0, "send_timeout": 1.0}
+        values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "redis_url": bridge_url, "stale_after": 30.0, "send_timeout": 1.0}
         values.update(overrides)
         settings = BridgeSettings(**values)
         app = create_app(settings)
@@ -373,7 +373,7 @@ def test_redis_restart_keeps_sockets_open(start_bridge: Callable[..., Running], 
     try:
         seed(rc)
         publish(rc, snapshot(1))
-        bridge = start_bridge(redis_url=private_redis.url)
+        bridge = start_bridge(redis_url=private_redis.url_for("bridge"))
         with client(bridge.ws + "/ws/market_data/BTC-USD") as ws:
             assert recv(ws, skip_feed=False)["live"] is True
             assert recv(ws)["seq"] == 1
@@ -394,7 +394,7 @@ def test_redis_restart_keeps_sockets_open(start_bridge: Callable[..., Running], 
 
 def test_a_bridge_started_before_redis_gets_ready_when_it_comes(start_bridge: Callable[..., Running], private_redis: RedisServer) -> None:
     private_redis.stop()
-    bridge = start_bridge(redis_url=private_redis.url)
+    bridge = start_bridge(redis_url=private_redis.url_for("bridge"))
     assert bridge.get("/readyz").json() == {"status": "unready", "reason": "redis unreachable"}
     private_redis.start()
     rc = redis.Redis.from_url(private_redis.url)

@@ -5,11 +5,14 @@ server starts with the StatefulSet's own arguments (paths and port moved to a te
 folder, bound to loopback) from the project's Valkey binary. Today's ingestor and bridge
 then run as the `ingest` and `bridge` users, credentials in MD_REDIS_URL as the manifests
 pass them, and a book must reach the bridge; every user is refused what it must not do.
+docker-compose.yml's redis service runs the same script: its command and healthcheck run
+here too.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -21,8 +24,12 @@ import httpx
 import pytest
 import redis
 import yaml
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from marketdata.supervisor import acl
 from marketdata.supervisor.ports import free_port
+from marketdata.supervisor.processes import LoggedProcess
 from marketdata.supervisor.redis_server import server_binary
 from tests.conftest import RunningSim
 from tests.support import wait_for
@@ -105,9 +112,9 @@ def test_the_acl_file_holds_hashes_and_turns_the_default_user_off(acl_redis: Acl
     assert not any(p in text for p in acl_redis.passwords.values()), "a cleartext password in the ACL file"
     assert text.splitlines()[0].startswith("user default off")
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=acl_redis.port).ping()
+        redis.Redis(port=acl_redis.port, retry=Retry(NoBackoff(), 0)).ping()  # no retries: a refusal is final
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis.from_url(acl_redis.url("bridge").replace(acl_redis.passwords["bridge"], "wrong")).ping()
+        redis.Redis.from_url(acl_redis.url("bridge").replace(acl_redis.passwords["bridge"], "wrong"), retry=Retry(NoBackoff(), 0)).ping()
 
 
 def test_each_user_is_refused_what_it_must_not_do(acl_redis: AclRedis) -> None:
@@ -175,3 +182,40 @@ def test_the_ingestor_and_the_bridge_work_within_their_users(acl_redis: AclRedis
             proc.terminate()
             proc.wait(10)
             log.close()
+
+
+def _cli() -> str:
+    cli = Path(server_binary()).with_name("valkey-cli")
+    if not cli.is_file():
+        pytest.skip(f"no valkey-cli beside {server_binary()}")
+    return str(cli)
+
+
+def test_the_compose_redis_service_starts_with_the_users_and_its_healthcheck_logs_in(tmp_path: Path) -> None:
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]
+    passwords = {f"REDIS_{u.upper()}_PASSWORD": secrets.token_hex(16) for u in USERS}
+    # compose's own interpolation, of the variables .env sets
+    env = {k: re.sub(r"\$\{(\w+)[^}]*\}", lambda m: passwords[m.group(1)], v) for k, v in service["environment"].items()}
+    script_path = next(v.split(":")[1] for v in service["volumes"] if "redis-acl.sh" in v)
+    sh, dash_c, command = service["entrypoint"]
+    port = free_port()
+    command = (command.replace(script_path, str(K8S / "redis-acl.sh")).replace("/tmp/", f"{tmp_path}/")
+               .replace("exec valkey-server", f"exec {server_binary()} --port {port} --bind 127.0.0.1 --dir {tmp_path}"))
+    server = LoggedProcess("compose redis", [sh, dash_c, command], tmp_path / "redis.log", env={**os.environ, **env})
+    users = AclRedis(port, {u: passwords[f"REDIS_{u.upper()}_PASSWORD"] for u in USERS}, tmp_path / "users.acl")
+    try:
+        server.start()
+        server.wait_until(lambda: _answers(users), 10, "the compose redis to answer the inspect user")
+        assert users.acl_file.read_text().splitlines() == acl.acl_lines(users.passwords)
+        nobody = redis.Redis(port=port, retry=Retry(NoBackoff(), 0))
+        with pytest.raises(redis.AuthenticationError):
+            nobody.ping()
+        nobody.close()
+        kind, check = service["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        check = check.replace("valkey-cli", f"{_cli()} -p {port}", 1)
+        for password, code in ((env["REDISCLI_AUTH"], 0), ("wrong", 1)):
+            done = subprocess.run(["sh", "-c", check], check=False, env={**os.environ, "REDISCLI_AUTH": password}, capture_output=True, timeout=30)
+            assert done.returncode == code, (password == "wrong", done)
+    finally:
+        server.stop()

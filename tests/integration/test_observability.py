@@ -153,9 +153,9 @@ def _serves(proc: Process, port: int, names: set[str], what: str) -> None:
 
 
 @pytest.fixture
-def bridge(redis_url: str, tmp_path: Path) -> Iterator[tuple[Process, int]]:
+def bridge(bridge_url: str, tmp_path: Path) -> Iterator[tuple[Process, int]]:
     port = free_port()
-    proc = Process(["bridge", "--port", str(port), "--redis-url", redis_url], tmp_path / "bridge.log")
+    proc = Process(["bridge", "--port", str(port), "--redis-url", bridge_url], tmp_path / "bridge.log")
     yield proc, port
     proc.stop()
 

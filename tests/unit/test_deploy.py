@@ -49,8 +49,9 @@ def test_services_point_at_each_other(compose: dict) -> None:
     services = compose["services"]
     sim_port = services["sim"]["environment"]["MD_SIM_PORT"]
     assert services["ingest"]["environment"]["MD_SIM"] == f"sim:{sim_port}"
-    for role in ("ingest", "bridge"):
-        assert services[role]["environment"]["MD_REDIS_URL"].startswith("redis://redis:6379")
+    for role in ("ingest", "bridge"):  # each role logs in as its own user
+        url = services[role]["environment"]["MD_REDIS_URL"]
+        assert re.fullmatch(rf"redis://{role}:\$\{{REDIS_{role.upper()}_PASSWORD(:\?[^}}]*)?\}}@redis:6379/0", url), url
     assert services["sim"]["environment"]["MD_SIM_HOST"] == "0.0.0.0"
     assert services["bridge"]["environment"]["MD_BRIDGE_HOST"] == "0.0.0.0"
 
@@ -68,3 +69,35 @@ def test_dockerfile_installs_every_package_and_runs_the_cli() -> None:
         assert re.search(rf"^COPY {folder} {folder}$", text, re.M), f"Dockerfile does not copy {folder}/"
     assert 'ENTRYPOINT ["marketdata"]' in text
     assert (ROOT / "pyproject.toml").read_text().count('"web"') >= 1
+
+
+def _command_lines(service: dict) -> list[str]:
+    """Everything of a service that ends up on a process's command line."""
+    found = []
+    for key in ("command", "entrypoint"):
+        value = service.get(key) or []
+        found += [value] if isinstance(value, str) else [str(v) for v in value]
+    found += [str(v) for v in (service.get("healthcheck") or {}).get("test", [])]
+    return found
+
+
+def test_no_service_puts_a_password_on_a_command_line(compose: dict) -> None:
+    """Any user of the host can read a process's arguments (ps, /proc): passwords go in environments."""
+    secret = re.compile(r"PASSWORD|REDISCLI_AUTH=|--pass\b|(^|\s)-a\s|requirepass|\w+://[^/\s]*:[^/\s]*@", re.IGNORECASE)
+    for name, service in compose["services"].items():
+        for arg in _command_lines(service):
+            assert not secret.search(arg), f"{name}: a password on its command line: {arg}"
+    redis = compose["services"]["redis"]
+    assert any("--aclfile" in arg for arg in _command_lines(redis)), "the redis service runs without its users"
+    assert "--user inspect" in " ".join(_command_lines(redis)), "the healthcheck logs in as nobody, which the ACL refuses"
+
+
+def test_compose_reads_every_password_from_env_and_env_example_names_them() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert used == set(example) == {"REDIS_INGEST_PASSWORD", "REDIS_BRIDGE_PASSWORD", "REDIS_INSPECT_PASSWORD"}
+    assert ".env" in (ROOT / ".gitignore").read_text().split(), ".env holds passwords: git must ignore it"
+    script = next(v.split(":")[0] for v in yaml.safe_load(text)["services"]["redis"]["volumes"] if "redis-acl.sh" in v)
+    assert (ROOT / script).is_file()

@@ -38,3 +38,26 @@ def test_a_throttled_line_is_logged_once_a_period_with_the_count_held_back(
         "slow socket 9 (and 4 more like it since the last report)",
         "slow socket 10",
     ]
+
+
+def test_redact_copes_with_urls_it_cannot_fully_parse() -> None:
+    assert redact("redis://u:secret@h:bad/0") == "redis://u:***@h:bad/0"
+    assert redact("redis://u:p@ss@h/0") == "redis://u:***@h/0"
+    assert "secret" not in redact("redis://u:secret@[::1/0")
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["ingest", "--redis-url", "http://u:secret@h/0"], {}),
+    (["bridge"], {"MD_REDIS_URL": "http://bridge:secret@h/0"}),
+])  # fmt: skip
+def test_the_cli_never_prints_a_password(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from marketdata.cli import main
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):
+        main(argv)
+    out, err = capsys.readouterr()
+    assert "***@h/0" in out + err, (out, err)  # the URL is named, without its password
+    assert "secret" not in out + err

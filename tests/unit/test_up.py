@@ -8,12 +8,13 @@ from marketdata.settings import UpSettings
 from marketdata.supervisor.output import Output
 from marketdata.supervisor.up import BRIDGE_STOP_TIMEOUT, STOP_TIMEOUT, plan
 
+URLS = {"ingest": "redis://ingest:pw-ingest@127.0.0.1:6399/0", "bridge": "redis://bridge:pw-bridge@127.0.0.1:6399/0"}
 NO_OUTPUT = cast(Output, None)  # plan only hands it to the children, which write to it once started
 
 
 def _plan(**settings: object) -> dict[str, list[str]]:
     children = plan(UpSettings(**settings),  # type: ignore[arg-type]
-                     "redis://127.0.0.1:6399/0", NO_OUTPUT)
+                     URLS, NO_OUTPUT)
     return {child.name: child.args for child in children}
 
 
@@ -33,6 +34,14 @@ def test_flags_reach_the_children_that_read_them() -> None:
 
 
 def test_bridges_get_the_longer_grace_their_workers_need() -> None:
-    children = plan(UpSettings(bridges=1), "redis://127.0.0.1:6399/0", NO_OUTPUT)
+    children = plan(UpSettings(bridges=1), URLS, NO_OUTPUT)
     graces = {child.name: child.grace for child in children}
     assert graces["bridge-1"] == BRIDGE_STOP_TIMEOUT > STOP_TIMEOUT == graces["sim"] == graces["ingest-1"]
+
+
+def test_each_role_gets_its_own_redis_user_through_the_environment_never_argv() -> None:
+    children = plan(UpSettings(bridges=1), URLS, NO_OUTPUT)
+    for child in children:
+        assert not any("pw-" in arg for arg in child.args), f"{child.name} has a password on its command line"
+    envs = {child.name: child.env.get("MD_REDIS_URL") for child in children}
+    assert envs == {"sim": None, "ingest-1": URLS["ingest"], "ingest-2": URLS["ingest"], "bridge-1": URLS["bridge"]}
