@@ -3,7 +3,7 @@
 `grpc_server` starts a simulator (or a stand-in for one) as its own process, so the
 two cores are shared as in production, waits until its gRPC port answers, and stops
 it with SIGINT (then SIGKILL) however the measurement ends; like every child we start,
-it dies with its parent (marketdata.supervisor.processes). `cpu_seconds` reads a
+it dies with its parent (marketdata.processes). `cpu_seconds` reads a
 process's CPU time from /proc (Linux), so a run can say which side was saturated.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from marketdata.supervisor.processes import spawn, stop
+from marketdata.processes import spawn, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 _TICK = os.sysconf("SC_CLK_TCK")

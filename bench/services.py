@@ -24,8 +24,8 @@ import psutil
 import redis
 from websockets.sync.client import connect
 
+from marketdata.processes import LoggedProcess, ProcessError
 from marketdata.supervisor.ports import free_port
-from marketdata.supervisor.processes import LoggedProcess, ProcessError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENDERS = ("ours", "ours-x2", "ours-w2", "seed", "broadcaster", "socketio")
@@ -47,7 +47,7 @@ class ServiceError(RuntimeError):
 @dataclass(slots=True)
 class Service:
     """One child process of the benchmark (it never outlives the benchmark: see
-    marketdata/supervisor/processes.py), its output in a log file, its CPU and RSS read by psutil."""
+    marketdata/processes.py), its output in a log file, its CPU and RSS read by psutil."""
 
     name: str
     args: list[str]

@@ -26,7 +26,7 @@ bridge, and supervises them.
   doubling up to 10 s, from the start again once a worker has lived 30 s), with a log
   line. SIGINT (Ctrl-C) or SIGTERM: every worker gets SIGTERM and closes its sockets with
   1001, as one bridge does, SIGKILL after STOP_GRACE. Workers are started with
-  marketdata.supervisor.processes.spawn: each leads its own session (a Ctrl-C reaches
+  marketdata.processes.spawn: each leads its own session (a Ctrl-C reaches
   only this process) and, on Linux, dies with this process even when it is killed with
   SIGKILL. A worker that exits before any worker has served ends the start with a
   one-line error and exit code 1.
@@ -60,9 +60,9 @@ from bridge.metrics import Board, Metrics
 from marketdata.backoff import Backoff
 from marketdata.errors import MarketDataError
 from marketdata.logs import Throttled
+from marketdata.processes import spawn
+from marketdata.processes import stop as stop_child
 from marketdata.settings import BridgeSettings
-from marketdata.supervisor.processes import spawn
-from marketdata.supervisor.processes import stop as stop_child
 
 log = logging.getLogger(__name__)
 

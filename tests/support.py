@@ -7,7 +7,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from marketdata.supervisor.processes import ProcessError, wait_until, wait_until_async
+from marketdata.processes import ProcessError, wait_until, wait_until_async
 
 T = TypeVar("T")
 

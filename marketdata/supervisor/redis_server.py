@@ -26,9 +26,9 @@ import redis
 
 from marketdata.errors import MarketDataError
 from marketdata.logs import redact
+from marketdata.processes import STOP_GRACE, LoggedProcess, ProcessError
 from marketdata.supervisor import acl
 from marketdata.supervisor.ports import free_port
-from marketdata.supervisor.processes import STOP_GRACE, LoggedProcess, ProcessError
 
 log = logging.getLogger(__name__)
 

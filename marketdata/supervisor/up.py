@@ -28,10 +28,10 @@ import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 
+from marketdata import processes
 from marketdata.errors import MarketDataError
 from marketdata.logs import redact
 from marketdata.settings import UpSettings
-from marketdata.supervisor import processes
 from marketdata.supervisor.acl import ROLES
 from marketdata.supervisor.output import Output
 from marketdata.supervisor.ports import describe_holder, is_free

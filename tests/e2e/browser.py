@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from marketdata.processes import LoggedProcess, ProcessError, port_open, wait_until
 from marketdata.supervisor.ports import free_port
-from marketdata.supervisor.processes import LoggedProcess, ProcessError, port_open, wait_until
 from marketdata.supervisor.redis_server import RedisServer
 
 if TYPE_CHECKING:

@@ -30,8 +30,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
-from marketdata import schema
-from marketdata.supervisor import processes
+from marketdata import processes, schema
 from marketdata.supervisor.ports import is_free
 from marketdata.supervisor.redis_server import RedisServer
 from tests.support import wait_for

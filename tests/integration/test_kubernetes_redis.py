@@ -27,9 +27,9 @@ import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from marketdata.processes import LoggedProcess
 from marketdata.supervisor import acl
 from marketdata.supervisor.ports import free_port
-from marketdata.supervisor.processes import LoggedProcess
 from marketdata.supervisor.redis_server import server_binary
 from tests.conftest import RunningSim
 from tests.support import wait_for

@@ -24,8 +24,8 @@ from redis.retry import Retry
 from websockets.sync.client import connect
 
 from marketdata import schema
+from marketdata.processes import LoggedProcess
 from marketdata.supervisor.ports import free_port
-from marketdata.supervisor.processes import LoggedProcess
 from marketdata.supervisor.redis_server import (
     RedisServer,
     RedisServerError,

@@ -3,8 +3,7 @@
 - A role (marketdata.sim, .ingest, .client, .loadtest, .supervisor) imports the core and
   itself, never another role, the bridge or the command surface. The supervisor starts
   the others as processes, not by importing them.
-- The bridge imports the core and itself, never a role; but `bridge --workers` starts its
-  workers with marketdata.supervisor.processes (children that never outlive their parent).
+- The bridge imports the core and itself, never a role.
 - The core (the top-level marketdata modules and marketdata.v1) imports only the core.
 - The command surface (marketdata.cli, marketdata.__main__) parses settings and calls
   one entry function per role: it may import the roles and the bridge, inside a
@@ -22,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("sim", "ingest", "client", "loadtest", "supervisor")
 SURFACE = ("marketdata.cli", "marketdata.__main__")
 GENERATED = ("v1",)  # the protobuf modules: core
-SHARED = {"bridge": ("marketdata.supervisor.processes",)}  # modules of a role that an area may import
 
 
 def area(module: str) -> str | None:
@@ -76,8 +74,6 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
     for target, line, lazy in imports(module, source, is_package):
         theirs = area(target)
         if theirs is None or theirs == mine or theirs == "core" or line in seen:
-            continue
-        if any(target == m or target.startswith(m + ".") for m in SHARED.get(mine or "", ())):
             continue
         seen.add(line)
         if mine == "surface":
