@@ -42,15 +42,19 @@ def rejected(bridge: Running, reason: str) -> float:
     return float(found.group(1))
 
 
-def test_a_forged_book_with_a_wrong_checksum_reaches_no_socket_and_is_counted(start_bridge: Callable[..., Running], rclient: redis.Redis) -> None:
-    ingest(rclient, book(1, E1))
+def test_a_forged_book_with_a_wrong_checksum_reaches_no_socket_and_is_counted(
+    start_bridge: Callable[..., Running], rclient: redis.Redis, ingest_url: str
+) -> None:
+    # Forged with the ingestor's own credentials: the strongest writer a forger could steal.
+    writer = redis.Redis.from_url(ingest_url)
+    ingest(writer, book(1, E1))
     bridge = start_bridge()
-    with client(bridge.ws + "/ws/market_data/BTC-USD") as a, client(bridge.ws + "/ws/market_data/BTC-USD") as b:
+    with writer, client(bridge.ws + "/ws/market_data/BTC-USD") as a, client(bridge.ws + "/ws/market_data/BTC-USD") as b:
         assert recv(a)["seq"] == recv(b)["seq"] == 1
         wait_for(lambda: numsub(rclient) == 1, what="the subscription")
-        rclient.publish(BOOK, book(2, E1, checksum=4242))
+        writer.publish(BOOK, book(2, E1, checksum=4242))
         wait_for(lambda: rejected(bridge, "checksum") == 1, what="the forgery counted")
-        ingest(rclient, book(3, E1))
+        ingest(writer, book(3, E1))
         assert recv(a)["seq"] == recv(b)["seq"] == 3, "the forged seq 2 reached a socket"
     assert rejected(bridge, "order") == rejected(bridge, "channel") == rejected(bridge, "malformed") == 0
     assert bridge.stats.books_rejected["checksum"] == 1
