@@ -84,6 +84,7 @@ class Bus:
         self._given = wiring.redis
         self._rng = wiring.rng or random.Random()
         self._reconnect = reconnect_backoff(self._rng)
+        self._clock = wiring.clock
         self._state = FeedState(settings.stale_after, wiring.clock, listener.feed_changed)
         self._connected_once = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -245,6 +246,7 @@ class Bus:
     async def _poll_once(self) -> None:
         """Read the heartbeat (and the instrument list when due); the feed state hears either way."""
         state = self._state
+        asked = self._clock()  # books that arrive after this moment are newer news than the answer
         try:
             heartbeat = await self._redis.get(self._keys.heartbeat)
             if self.instruments.due(INSTRUMENTS_EVERY):
@@ -256,4 +258,4 @@ class Bus:
         else:
             if not state.redis_ok:
                 log.info("redis at %s reachable", redact(self.settings.redis_url))
-            state.polled(heartbeat)
+            state.polled(heartbeat, asked)

@@ -6,9 +6,12 @@ when verified books last arrived. Books are the freshest news there is: they pro
 that Redis answers and the ingestor publishes, so a feed whose books flow again is
 live at once, not at the next poll; when they stop, the heartbeat alone decides
 again, so the poll still marks the feed stale once both are gone (books quiet for
-`stale_after` and the heartbeat missing or old). `FeedState` holds the inputs and
-reports each change of the verdict, never a repeat. No I/O here: the bus feeds it
-what it saw and a clock.
+`stale_after` and the heartbeat missing or old). One piece of news is fresher than
+the last book: the leading ingestor deletes the heartbeat as soon as its simulator
+stream is down (marketdata.ingest.lease), so a poll sent after the last book that
+finds no heartbeat makes the feed stale at once, not `stale_after` later. `FeedState`
+holds the inputs and reports each change of the verdict, never a repeat. No I/O here:
+the bus feeds it what it saw and a clock.
 """
 
 from __future__ import annotations
@@ -33,11 +36,23 @@ class Feed:
 
 
 def feed_reason(
-    redis_ok: bool, bus_up: bool, heartbeat: bytes | None, now_us: int, stale_after: float, books_at: int | None = None
+    redis_ok: bool,
+    bus_up: bool,
+    heartbeat: bytes | None,
+    now_us: int,
+    stale_after: float,
+    books_at: int | None = None,
+    asked_at: int | None = None,
 ) -> str | None:
-    """Why the feed is not live, or None when it is; `books_at` is when verified books last arrived (µs)."""
+    """Why the feed is not live, or None when it is.
+
+    `books_at` is when verified books last arrived (µs); `asked_at`, when the poll that
+    read `heartbeat` was sent (None: unknown, the books win).
+    """
     if bus_up and books_at is not None and now_us - books_at <= stale_after * 1_000_000:
-        return None  # books came through pub/sub just now: Redis answers and the ingestor publishes
+        if heartbeat is not None or asked_at is None or asked_at <= books_at:
+            return None  # books came through pub/sub just now: Redis answers and the ingestor publishes
+        # else the ingestor deleted the heartbeat after these books: its stream is down
     if not redis_ok:
         return "redis unreachable"
     if not bus_up:
@@ -69,13 +84,15 @@ class FeedState:
         self.bus_up = False
         self.heartbeat: bytes | None = None
         self.books_at: int | None = None  # wall µs when verified books last arrived
+        self.asked_at: int | None = None  # wall µs when the poll that read `heartbeat` was sent
         self.holding = False
         self.feed = Feed(False, clock(), "starting")
 
-    def polled(self, heartbeat: bytes | None) -> None:
-        """Redis answered the poll; `heartbeat` is the key's value (None: no key)."""
+    def polled(self, heartbeat: bytes | None, asked_at: int | None = None) -> None:
+        """Redis answered the poll sent at `asked_at` (µs; None: unknown); `heartbeat` is the key's value (None: no key)."""
         self.redis_ok = True
         self.heartbeat = heartbeat
+        self.asked_at = asked_at
         self.update()
 
     def unreachable(self) -> None:
@@ -100,7 +117,7 @@ class FeedState:
         if self.holding:
             return
         now_us = self._clock()
-        reason = feed_reason(self.redis_ok, self.bus_up, self.heartbeat, now_us, self._stale_after, self.books_at)
+        reason = feed_reason(self.redis_ok, self.bus_up, self.heartbeat, now_us, self._stale_after, self.books_at, self.asked_at)
         live = reason is None
         reason = reason or "live"
         if live == self.feed.live and reason == self.feed.reason:

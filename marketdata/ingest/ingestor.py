@@ -17,6 +17,9 @@ Any number of ingestors may run; the lease task makes one of them the leader (se
 marketdata.ingest.lease for the lease, its fence and its timing). A standby runs the
 same reader and discards what is due; on taking the lease it republishes every book.
 A refused write or renewal (`fenced_writes`) makes a leader a standby at once.
+While the leader's stream is down its renewals delete the heartbeat (the bridges report
+the feed stale at once); when the stream comes back, the heartbeat is written again
+first in the round trip of the first books, so no bridge sees books without it.
 
 A gap or checksum mismatch invalidates every book and resubscribes: fresh
 snapshots replace the books. A lost simulator or Redis is retried with capped
@@ -104,6 +107,7 @@ class Ingestor:
         self._was_leading = False  # the role `_role_changed` last counted
         self._wakeup = asyncio.Event()
         self._live_event = asyncio.Event()
+        self._beat_owed = False  # the stream came back while we lead: the heartbeat goes out with the next books
         self._redis: aredis.Redis | None = None
 
     async def run(self) -> None:
@@ -224,6 +228,8 @@ class Ingestor:
     def _set_live(self, live: bool) -> None:
         if self.live and not live:
             self._down_since = asyncio.get_running_loop().time()
+        if live and not self.live and self.lease.leading:
+            self._beat_owed = True  # our renewals deleted the heartbeat while the stream was down
         self.live = live
         (self._live_event.set if live else self._live_event.clear)()
 
@@ -247,6 +253,10 @@ class Ingestor:
             if not drain:
                 continue
             commands = drain_commands(drain, instruments_key, history, Fence(self._leader_key, value))
+            beat_owed = self._beat_owed
+            if beat_owed:  # first in the round trip: no bridge sees these books while the heartbeat is missing
+                beat = schema.encode_heartbeat(now_us(), self.source)
+                commands = [self.lease.renew(self._leader_key, self._heartbeat_key, beat, self._heartbeat_ms), *commands]
             pipe = self._redis.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
@@ -257,6 +267,8 @@ class Ingestor:
                 await self._redis_lost(exc)
                 continue
             self.redis_up = True
+            if beat_owed:
+                self._beat_owed = False
             errors = tally(commands, results, stats)
             if errors:
                 await self._refused(errors, value)

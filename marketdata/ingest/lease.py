@@ -31,7 +31,10 @@ when the role changes. The timing, for a lease period P (default 1 s):
 The renewal also refreshes the heartbeat key while the stream is live: a fresh
 heartbeat means a live leader holds the lease right now. No heartbeat is written for
 at most P plus a round trip across a takeover; its TTL (default 3 s, at least 1.5 P)
-and the bridges' stale limit (3 s) outlast that, so /readyz stays ready.
+and the bridges' stale limit (3 s) outlast that, so /readyz stays ready. While the
+leader's stream is down its renewal deletes the heartbeat instead: the leader knows at
+once that nothing will come, and the bridges tell their sockets the feed is stale at
+their next poll (about a second) rather than once the last heartbeat has aged out.
 """
 
 from __future__ import annotations
@@ -64,10 +67,10 @@ redis.call('SET', KEYS[1], lease, 'NX', 'PX', ARGV[2])
 if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
 return {1, lease}
 """
-# KEYS: lease, heartbeat; ARGV: value, lease ms, heartbeat payload ('' = none), heartbeat ms.
+# KEYS: lease, heartbeat; ARGV: value, lease ms, heartbeat payload ('' = the stream is down: delete it), heartbeat ms.
 _RENEW_LUA = FENCE + b"""
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) else redis.call('DEL', KEYS[2]) end
 return 1
 """
 # KEYS: lease; ARGV: value. Deletes the key only if it still holds the caller's value.
@@ -166,7 +169,7 @@ class Lease:
         return (b"EVAL", _ACQUIRE_LUA, b"3", lease, token, beat, self.name.encode(), self.ms, b"%d" % self.token, heartbeat, b"%d" % heartbeat_ms)
 
     def renew(self, lease_key: bytes, heartbeat_key: bytes, heartbeat: bytes, heartbeat_ms: int) -> Command:
-        """Fenced EVAL that extends our lease and, with a payload, refreshes the heartbeat."""
+        """Fenced EVAL that extends our lease and refreshes the heartbeat, or deletes it when `heartbeat` is empty."""
         assert self.value is not None, "renew while standing by"
         return (b"EVAL", _RENEW_LUA, b"2", lease_key, heartbeat_key, self.value, self.ms, heartbeat, b"%d" % heartbeat_ms)
 

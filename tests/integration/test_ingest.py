@@ -227,6 +227,30 @@ async def own_sim(**kw: object) -> AsyncIterator[SimServer]:
 
 
 @pytest.mark.asyncio
+async def test_the_leader_deletes_the_heartbeat_when_its_stream_drops_and_writes_it_again_with_its_first_books(redis_url: str) -> None:
+    client = aredis.Redis.from_url(redis_url)
+    ids = ("BTC-USD",)
+    try:
+        async with own_sim(instruments=ids, rate=50.0) as first:
+            port = first.port
+            settings = settings_for(f"127.0.0.1:{port}", redis_url, instruments=ids, lease=2.0, heartbeat_ttl=6.0)
+            async with running(settings) as ing, Listener(redis_url, "md:book:*") as books:
+                await async_wait_for(lambda: ing.lease.leading and client.exists("md:heartbeat"), 10, what="a leader and its heartbeat")
+                await first.stop(0)
+                down = time.monotonic()
+                await async_wait_for(lambda: equals(client.exists("md:heartbeat"), 0), 3, what="the heartbeat deleted")
+                assert time.monotonic() - down < 1.5, "deleted at the next renewal (every 0.67 s), not left to expire (6 s)"
+                assert ing.lease.leading, "down for less than the lease: it still leads"
+                n = len(books.messages)
+                async with own_sim(port=port, instruments=ids, rate=50.0):  # back within the lease
+                    await async_wait_for(lambda: len(books.messages) > n, 5, what="books of the new run")
+                    assert await client.exists("md:heartbeat"), "the books came back before the heartbeat (a bridge would flap)"
+                assert ing.lease.leading
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
 async def test_coalescing_publishes_fewer_snapshots_than_events(redis_url: str) -> None:
     async with own_sim(rate=8000.0, instruments=("BTC-USD", "ETH-USD")) as server:
         address = f"127.0.0.1:{server.port}"

@@ -67,3 +67,27 @@ def test_books_before_a_pub_sub_drop_prove_nothing_after_it() -> None:
     assert not heard[-1].live
     assert feed_reason(True, False, None, 0, 3.0, books_at=0) == "redis pub/sub not connected"
     assert feed_reason(True, True, None, 3_000_001, 3.0, books_at=0) == "no heartbeat from the ingestor"
+
+
+def test_a_poll_sent_after_the_last_book_that_finds_no_heartbeat_makes_the_feed_stale_at_once() -> None:
+    # The leading ingestor deletes the heartbeat as soon as its simulator stream is down
+    # (marketdata.ingest.lease): the feed is stale at the next poll, not stale_after later.
+    now = [10_000_000]
+    heard: list[Feed] = []
+    state = FeedState(3.0, lambda: now[0], heard.append)
+    state.polled(schema.encode_heartbeat(now[0], "x"), asked_at=now[0])
+    state.connected(True)
+    state.books_arrived()
+    assert heard[-1].live
+    now[0] += 300_000
+    state.polled(None, asked_at=now[0] - 1)
+    assert heard[-1] == Feed(False, 10_300_000, "no heartbeat from the ingestor"), "the books stopped before this poll was sent"
+    state.books_arrived()
+    assert heard[-1].live, "books after that poll: the stream is back"
+    state.polled(None, asked_at=now[0] - 100_000)
+    assert heard[-1].live, "a poll sent before the last book says nothing about it"
+    state.polled(None, asked_at=now[0])
+    assert heard[-1].live, "nor one sent the same microsecond"
+    assert feed_reason(True, True, None, 5, 3.0, books_at=4, asked_at=5) == "no heartbeat from the ingestor"
+    assert feed_reason(True, True, None, 5, 3.0, books_at=4) is None, "no time for the poll: the books win"
+    assert feed_reason(True, True, b"beat", 5, 3.0, books_at=4, asked_at=5) is None
