@@ -72,7 +72,8 @@ class Cluster:
         self.logs = logs
         self.lease = lease
         self.redis = RedisServer()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Every setting at its default unless passed here: no MD_* variable of the caller's leaks in.
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("MD_")}, "PYTHONUNBUFFERED": "1"}
         url = self.redis.url
 
         def role(name: str, *args: str, port: int | None = None, metrics_port: int | None = None) -> Role:
@@ -80,7 +81,7 @@ class Cluster:
             return Role(name, LoggedProcess(name, argv, logs / f"{name}.log", env=env, cwd=ROOT), port, metrics_port)
 
         sim_port = free_port()
-        self.sim = role("sim", "sim", "--port", str(sim_port), "--rate", f"{rate:g}", "--seed", str(seed), port=sim_port)
+        self.sim = role("sim", "sim", "--host", "127.0.0.1", "--port", str(sim_port), "--rate", f"{rate:g}", "--seed", str(seed), port=sim_port)
         self.ingestors = []
         for i in range(ingestors):
             m = free_port()
@@ -89,7 +90,7 @@ class Cluster:
         self.bridges = []
         for i in range(bridges):
             p = free_port()
-            self.bridges.append(role(f"bridge-{i + 1}", "bridge", "--port", str(p), "--redis-url", url, port=p))
+            self.bridges.append(role(f"bridge-{i + 1}", "bridge", "--host", "127.0.0.1", "--port", str(p), "--redis-url", url, port=p))
         self._client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
         self._paused: set[int] = set()
 

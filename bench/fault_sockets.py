@@ -172,19 +172,19 @@ class Socket:
 
     def _book(self, payload: bytes, now: float) -> None:
         book = self.fleet.verifier.book(payload)
-        where = f"{self.plan.label} on bridge-{self.connection.bridge + 1 if self.connection else '?'}"
         if book.problem is not None:
-            self.violations.add(book.kind, f"{where}: {book.problem}")
+            self.violations.add(book.kind, f"{self._where()}: {book.problem}")
             return
         order = self.orders.get(book.instrument)
         if order is None:
-            self.violations.add(OTHER, f"{where}: a book of {book.instrument}, which it does not follow")
+            self.violations.add(OTHER, f"{self._where()}: a book of {book.instrument}, which it does not follow")
             return
         first = book.instrument in self.first
-        self.first.discard(book.instrument)
+        if first:
+            self.first.discard(book.instrument)
         why = order.check(book.epoch, book.seq, first)
         if why is not None:
-            self.violations.add(ORDER, f"{where}: {book.instrument} {why}")
+            self.violations.add(ORDER, f"{self._where()}: {book.instrument} {why}")
             return
         if self.books:
             self.longest_gap = max(self.longest_gap, now - self.last_book_at)
@@ -192,6 +192,9 @@ class Socket:
         self.last_book_at = now
         if self.watch is not None:
             self.watch.book(book, now)
+
+    def _where(self) -> str:
+        return f"{self.plan.label} on bridge-{self.connection.bridge + 1 if self.connection else '?'}"
 
     # -- its life -----------------------------------------------------------------
 
