@@ -11,6 +11,7 @@ from bench.fault_checks import (
     FORBIDDEN,
     MAX_KEPT,
     ORDER,
+    OTHER,
     REQUIRED,
     Expect,
     Order,
@@ -21,6 +22,7 @@ from bench.fault_checks import (
     percentile,
 )
 from bench.fault_sockets import plan_sockets
+from bench.fault_tap import BusTap
 from marketdata import schema
 from marketdata.book import OrderBook, checksum
 from marketdata.instruments import DEFAULT_INSTRUMENTS
@@ -117,3 +119,18 @@ def test_violations_are_kept_up_to_a_bound_and_counted_by_kind() -> None:
     assert lines[0] == "line 0" and lines[-1] == "... and 3 more like them" and len(lines) == MAX_KEPT + 1
     assert counts == {CHECKSUM: (MAX_KEPT + 4) // 2, ORDER: (MAX_KEPT + 3) // 2}
     assert v.take() == ([], {}), "taken once"
+
+
+def test_the_bus_tap_sees_a_book_older_than_the_last_and_a_forged_one() -> None:
+    tap = BusTap("redis://127.0.0.1:1/0", "md:book:*", Verifier(DEFAULT_INSTRUMENTS))  # never connected here
+    channel = b"md:book:BTC-USD"
+    for seq in (5, 6, 6):  # a repeat is a republish (a new leader, Redis back): allowed
+        tap.message(channel, book(seq))
+    tap.message(channel, book(4))  # what a leader woken after its lease would have written
+    forged = orjson.loads(book(7))
+    forged["checksum"] += 1
+    tap.message(channel, orjson.dumps(forged))
+    tap.message(b"md:book:ETH-USD", book(8))
+    lines, counts = tap.violations.take()
+    assert counts == {ORDER: 1, CHECKSUM: 1, OTHER: 1}, lines
+    assert lines[0] == "bus md:book:BTC-USD: seq 4 after seq 6 in epoch 1 (a writer that should have been fenced off?)"
