@@ -4,9 +4,11 @@
 starting and killing processes: see marketdata/supervisor/processes.py on why children
 are spawned from it). Each socket is a picows client of one bridge that follows one
 instrument (`/ws/market_data/{id}`) or several (`/ws`, subscribed on connect), and
-reconnects when its connection ends, as the dashboard does: a `sticky` socket to the
-same bridge (a page reloading its origin), the others to the next bridge (a balancer
-routing around a dead replica). Every book is verified (bench.fault_checks.Verifier)
+reconnects when its connection ends, after a backoff (0.1 s doubling to 1 s, 50-100 % of
+it): a `sticky` socket to the same bridge (a page reconnecting to its origin), the others
+to the next bridge (a balancer routing around a dead replica). The cap is lower than the
+dashboard's (web/static/feed.js: 0.5 s doubling to 10 s), so that the time to heal
+measures the system, not the client's wait until its next attempt. Every book is verified (bench.fault_checks.Verifier)
 and ordered per instrument across reconnections (`Order`); every violation is kept
 with the socket's name. The bus tap reads `md:book:*` straight from Redis with the
 same checks, so a message that the bridges would drop (a fenced-off leader's, say)
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 BOOK_HEAD = b'{"v":1,"type":"book"'
 CONNECT_TIMEOUT = 5.0
+RECONNECT_BASE, RECONNECT_CAP = 0.1, 1.0  # seconds (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,7 @@ class Socket:
 
     async def run(self, urls: Sequence[str], rng: random.Random) -> None:
         """Connect, read until the connection ends, reconnect after a backoff; until the fleet stops."""
-        backoff = Backoff(0.1, 1.0, rng)
+        backoff = Backoff(RECONNECT_BASE, RECONNECT_CAP, rng)
         bridge = self.plan.home
         while not self.closing:
             connection = _Connection(self, bridge)
