@@ -11,8 +11,9 @@ seeded random moments, it strikes in turn:
   standby has taken over (the victim comes back afterwards, as the next standby);
 - `standby`: kill -9 of the other ingestor (restarted afterwards);
 - `redis`: kill -9 of Redis, restarted on the same port after 1-2 s;
-- `bridge`: kill -9 of one bridge, restarted after 1-2 s; its sockets reconnect, half to
-  the same bridge (a page reloading its origin), half to the other (a balancer);
+- `bridge`: kill -9 of a bridge (each in turn), restarted after 1-2 s; its sockets
+  reconnect, half to the same bridge (a page reconnecting to its origin), half to the
+  other (a balancer);
 - `pause`: SIGSTOP of the leader for 2-3 lease periods, then SIGCONT: it must be fenced off.
 
 Per fault and per socket it measures when the socket was told the feed is stale (a
@@ -57,6 +58,8 @@ from bench.fault_checks import (
 from bench.fault_cluster import Cluster, Role
 from bench.fault_sockets import Fleet, SocketPlan, plan_sockets
 from marketdata import schema
+from marketdata.clock import now_us
+from marketdata.instruments import Instrument
 from marketdata.supervisor.processes import ProcessError, wait_until
 
 log = logging.getLogger(__name__)
@@ -123,15 +126,14 @@ class FaultResult:
         return [*self.bad_messages, *self.missed, *self.problems]
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
-def instruments_of(url: str) -> tuple:
-    """The instruments a bridge lists (their tick and lot sizes verify the books)."""
+def instruments_of(url: str) -> tuple[Instrument, ...]:
+    """The instruments a bridge lists (their tick and lot sizes verify the books); () while it does not answer."""
     http = url.replace("ws://", "http://", 1)
-    with urllib.request.urlopen(f"{http}/api/instruments", timeout=5) as answer:
-        return schema.decode_instruments(answer.read())
+    try:
+        with urllib.request.urlopen(f"{http}/api/instruments", timeout=5) as answer:
+            return schema.decode_instruments(answer.read())
+    except OSError:
+        return ()
 
 
 class Suite:
@@ -149,7 +151,7 @@ class Suite:
     def __enter__(self) -> Suite:
         self.cluster.__enter__()
         try:
-            listed = wait_until(lambda: _listed(self.cluster.urls[0]), 30, "the instrument list from bridge-1")
+            listed = wait_until(lambda: instruments_of(self.cluster.urls[0]), 30, "the instrument list from bridge-1")
             ids = [i.id for i in listed][: self.config.instruments]
             plans = plan_sockets(self.config.sockets, len(self.cluster.bridges), ids)
             self.fleet = Fleet(plans, self.cluster.urls, self.cluster.redis.url, Verifier(listed), self.config.seed).__enter__()
@@ -241,10 +243,9 @@ class Suite:
         assert self.fleet is not None
         self.fleet.fresh_after(now_us())
 
-    def _out_for(self, kind: str, t0: float, scale: float = 1.0) -> float:
+    def _out_for(self, kind: str, t0: float) -> float:
         """Stay down for the kind's random outage; its length."""
-        low, high = DOWN[kind]
-        down = self.rng.uniform(low, high) * scale
+        down = self.rng.uniform(*DOWN[kind])
         time.sleep(max(0.0, t0 + down - time.monotonic()))
         return down
 
@@ -268,23 +269,27 @@ class Suite:
         expect = Expect(REQUIRED, 5.0, "Redis back")
         return Struck("redis", t0, time.monotonic(), down, homes, lambda _h: expect, _everyone, float("inf"))
 
-    def _kill_ingestor(self, victim: Role) -> tuple[float, dict[int, int | None]]:
+    def _leader(self) -> Struck:
+        return self._ingestor(self.cluster.leader(), "a leading ingestor", ALLOWED)  # a takeover may flash stale
+
+    def _standby(self) -> Struck:
+        return self._ingestor(next(iter(self.cluster.standbys()), None), "a standby ingestor", FORBIDDEN)
+
+    def _ingestor(self, role: Role | None, what: str, stale: str) -> Struck:
+        """Kill an ingestor; nothing is restarted until the books have healed, then it comes back as a standby."""
+        if role is None:
+            raise ProcessError(f"no {what} to strike")
+        victim = role
         t0, homes = self._mark()
         self.cluster.kill(victim)
         self._struck()
-        return t0, homes
+        expect = Expect(stale, 2.0, "the kill (nothing restarted)")
 
-    def _leader(self) -> Struck:
-        victim = self._role(self.cluster.leader(), "a leading ingestor")
-        t0, homes = self._kill_ingestor(victim)
-        expect = Expect(ALLOWED, 2.0, "the kill (nothing restarted)")
-        return Struck(victim.name, t0, t0, 0.0, homes, lambda _h: expect, _everyone, float("inf"), self._restart(victim))
+        def again() -> list[str]:
+            self.cluster.restart(victim)
+            return []
 
-    def _standby(self) -> Struck:
-        victim = self._role(next(iter(self.cluster.standbys()), None), "a standby ingestor")
-        t0, homes = self._kill_ingestor(victim)
-        expect = Expect(FORBIDDEN, 2.0, "the kill (nothing restarted)")
-        return Struck(victim.name, t0, t0, 0.0, homes, lambda _h: expect, _everyone, float("inf"), self._restart(victim))
+        return Struck(victim.name, t0, t0, 0.0, homes, lambda _h: expect, _everyone, float("inf"), again)
 
     def _bridge(self) -> Struck:
         # In turn, not at random: the sockets that fail over follow the victim of the round
@@ -310,7 +315,9 @@ class Suite:
                       float("inf"), elsewhere=(TO_THE_OTHER,))
 
     def _pause(self) -> Struck:
-        victim = self._role(self.cluster.leader(), "a leading ingestor")
+        victim = self.cluster.leader()
+        if victim is None:
+            raise ProcessError("no leading ingestor to pause")
         t0, homes = self._mark()
         pid = self.cluster.pause(victim)
         self._struck()
@@ -327,19 +334,6 @@ class Suite:
 
         expect = Expect(ALLOWED, 2.0, "the pause (nothing restarted)")
         return Struck(victim.name, t0, t0, until - t0, homes, lambda _h: expect, _everyone, until, wake)
-
-    def _restart(self, victim: Role) -> Callable[[], list[str]]:
-        def again() -> list[str]:
-            self.cluster.restart(victim)
-            return []
-
-        return again
-
-    @staticmethod
-    def _role(role: Role | None, what: str) -> Role:
-        if role is None:
-            raise ProcessError(f"no {what} to strike")
-        return role
 
     def run(self, report: Callable[[FaultResult], None] | None = None) -> list[FaultResult]:
         """Every kind in turn, `rounds` times."""
@@ -359,13 +353,6 @@ def _rounded(seconds: float | None) -> float | None:
 
 def _everyone(_home: int | None, _plan: SocketPlan) -> str:
     return ""
-
-
-def _listed(url: str) -> tuple:
-    try:
-        return instruments_of(url)
-    except OSError:
-        return ()
 
 
 def parse(argv: list[str] | None = None) -> tuple[Config, Path | None]:
