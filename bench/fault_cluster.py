@@ -1,7 +1,7 @@
 """The whole system as separate processes that the fault suite kills, pauses and restarts one by one.
 
 An embedded Redis (marketdata.supervisor.redis_server), the simulator, N ingestors and
-N bridges, each a `LoggedProcess` (marketdata.supervisor.processes: its own session, and
+N bridges, each a `LoggedProcess` (marketdata.processes: its own session, and
 on Linux it dies with this process whatever ends it), on loopback ports chosen once, so
 that a restarted process comes back where its clients look for it. Who leads is read
 where the ingestors decide it, the lease key (`md:leader`: `TOKEN ingest:HOST:PID:...`);
@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from marketdata.ingest.lease import Holder
 from marketdata.supervisor.ports import free_port
-from marketdata.supervisor.processes import LoggedProcess, port_open
+from marketdata.processes import LoggedProcess, port_open
 from marketdata.supervisor.redis_server import RedisServer
 
 log = logging.getLogger(__name__)
@@ -74,25 +74,31 @@ class Cluster:
         self.redis = RedisServer()
         # Every setting at its default unless passed here: no MD_* variable of the caller's leaks in.
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("MD_")}, "PYTHONUNBUFFERED": "1"}
-        url = self.redis.url
 
-        def role(name: str, *args: str, port: int | None = None, metrics_port: int | None = None) -> Role:
+        def role(name: str, *args: str, port: int | None = None, metrics_port: int | None = None, user: str = "") -> Role:
+            """A role process; `user` is the Redis user it logs in as, whose URL it finds in MD_REDIS_URL (as under `up`)."""
             argv = [sys.executable, "-m", "marketdata", *args]
-            return Role(name, LoggedProcess(name, argv, logs / f"{name}.log", env=env, cwd=ROOT), port, metrics_port)
+            mine = {**env, "MD_REDIS_URL": self.redis.url_for(user)} if user else env
+            return Role(name, LoggedProcess(name, argv, logs / f"{name}.log", env=mine, cwd=ROOT), port, metrics_port)
 
         sim_port = free_port()
         self.sim = role("sim", "sim", "--host", "127.0.0.1", "--port", str(sim_port), "--rate", f"{rate:g}", "--seed", str(seed), port=sim_port)
         self.ingestors = []
         for i in range(ingestors):
             m = free_port()
-            self.ingestors.append(role(f"ingest-{i + 1}", "ingest", "--sim", f"127.0.0.1:{sim_port}", "--redis-url", url,
-                                       "--lease", f"{lease:g}", "--metrics-port", str(m), metrics_port=m))
+            self.ingestors.append(role(f"ingest-{i + 1}", "ingest", "--sim", f"127.0.0.1:{sim_port}", "--lease", f"{lease:g}",
+                                       "--metrics-port", str(m), metrics_port=m, user="ingest"))
         self.bridges = []
         for i in range(bridges):
             p = free_port()
-            self.bridges.append(role(f"bridge-{i + 1}", "bridge", "--host", "127.0.0.1", "--port", str(p), "--redis-url", url, port=p))
-        self._client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
+            self.bridges.append(role(f"bridge-{i + 1}", "bridge", "--host", "127.0.0.1", "--port", str(p), port=p, user="bridge"))
+        self._client = redis.Redis.from_url(self.inspect_url, socket_connect_timeout=0.5, socket_timeout=1.0)
         self._paused: set[int] = set()
+
+    @property
+    def inspect_url(self) -> str:
+        """What the suite reads Redis with (the lease, the bus): the read-only user."""
+        return self.redis.url_for("inspect")
 
     @property
     def urls(self) -> list[str]:

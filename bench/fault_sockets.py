@@ -1,7 +1,7 @@
 """The fault suite's observers: many WebSocket sockets and a tap on the Redis bus, each checking every message.
 
 `Fleet` runs on an asyncio loop of its own thread (the caller's main thread keeps
-starting and killing processes: see marketdata/supervisor/processes.py on why children
+starting and killing processes: see marketdata/processes.py on why children
 are spawned from it). Each socket is a picows client of one bridge that follows one
 instrument (`/ws/market_data/{id}`) or several (`/ws`, subscribed on connect), and
 reconnects when its connection ends, after a backoff (0.1 s doubling to 1 s, 50-100 % of

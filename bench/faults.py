@@ -60,7 +60,7 @@ from bench.fault_sockets import Fleet, SocketPlan, plan_sockets
 from marketdata import schema
 from marketdata.clock import now_us
 from marketdata.instruments import Instrument
-from marketdata.supervisor.processes import ProcessError, wait_until
+from marketdata.processes import ProcessError, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class Suite:
             listed = wait_until(lambda: instruments_of(self.cluster.urls[0]), 30, "the instrument list from bridge-1")
             ids = [i.id for i in listed][: self.config.instruments]
             plans = plan_sockets(self.config.sockets, len(self.cluster.bridges), ids)
-            self.fleet = Fleet(plans, self.cluster.urls, self.cluster.redis.url, Verifier(listed), self.config.seed).__enter__()
+            self.fleet = Fleet(plans, self.cluster.urls, self.cluster.inspect_url, Verifier(listed), self.config.seed).__enter__()
             trouble = self.settle()
             if trouble:
                 raise ProcessError(f"the system did not start whole: {trouble}")
