@@ -36,7 +36,7 @@ from marketdata.settings import IngestSettings
 from marketdata.sim.model import Model
 from marketdata.supervisor.redis_server import RedisServer
 from tests.conftest import RunningSim
-from tests.integration.test_bridge import BOOK, Running, client, numsub, rclient, seed, start_bridge  # noqa: F401 (fixtures)
+from tests.integration.test_bridge import BOOK, Running, client, numsub, rclient, start_bridge  # noqa: F401 (fixtures)
 from tests.support import BackgroundLoop, wait_for
 from tests.unit.test_publish_queue import to_pb
 
