@@ -298,3 +298,11 @@ def test_core_errors_are_one_line_exit_1(monkeypatch: pytest.MonkeyPatch, capsys
     monkeypatch.setattr(cli, "_entry", lambda command: failing)
     assert cli.main(["sim"]) == 1
     assert capsys.readouterr().err == "marketdata sim: unknown instrument 'DOGE-USD'\n"
+
+
+def test_loadtest_deltas(entry: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_of(entry, "loadtest").deltas is False
+    assert settings_of(entry, "loadtest", "--deltas").deltas is True
+    monkeypatch.setenv("MD_DELTAS", "1")
+    assert settings_of(entry, "loadtest").deltas is True
+    assert settings_of(entry, "loadtest", "--no-deltas").deltas is False
