@@ -102,7 +102,7 @@ class Fanout:
 
         Books are states: when the bridge falls behind, the older ones in a batch are
         already superseded, so they are counted (conflated) and skipped, unless the
-        newer ones are dropped. Trades are events and all go on, in order.
+        newer ones are dropped (deltas before the newest go with them). Trades all go on, in order.
         """
         if len(batch) == 1:
             self.deliver(*batch[0])
@@ -113,10 +113,9 @@ class Fanout:
         deltas: dict[int, bytes] = {}  # position of a delta -> its book channel
         for i, (channel, payload) in enumerate(batch):
             topic = topics.get(channel)
-            if topic is not None and not topic.trades:
-                if topic.deltas:
-                    deltas[i] = topic.book_channel
-                    continue
+            if topic is not None and topic.deltas:
+                deltas[i] = topic.book_channel
+            elif topic is not None and not topic.trades:
                 newest[channel] = i
                 books.setdefault(channel, []).append(payload)
         for i, (channel, payload) in enumerate(batch):

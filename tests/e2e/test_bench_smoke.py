@@ -64,3 +64,21 @@ def test_dashboard_benchmark_measures_a_live_page(tmp_path: Path) -> None:
     assert sample["fps"] > 0 and sample["messages_per_s"] > 0, sample
     for field in ("script_ms_per_frame", "layout_style_ms_per_frame", "heap_mb_after_gc"):
         assert sample[field] is not None, f"no {field}"
+
+
+def test_small_deltas_benchmark_compares_both_modes(tmp_path: Path) -> None:
+    out, chart = tmp_path / "deltas.json", tmp_path / "deltas.svg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_deltas", "--small", "--depths", "25", "--out", str(out), "--chart", str(chart)],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    modes = {p["mode"]: p for p in data["points"]}
+    assert set(modes) == {"snapshots", "deltas"} and all(p["delivered_per_s"] > 0 for p in modes.values()), data["points"]
+    d = modes["deltas"]["deltas"]
+    assert d["messages"] > 0 and d["checksum_failures"] == 0 and d["gaps"] == 0 and d["verifying_clients"] > 0, d
+    assert modes["deltas"]["bytes_per_message"] < modes["snapshots"]["bytes_per_message"]
+    assert data["summary"]["25"]["by_rate"] and data["reference_ns"] > 0 and data["loadavg_start"]
+    assert chart.read_text().lstrip().startswith(("<?xml", "<!--", "<svg"))
