@@ -33,16 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 from rich.console import Console
 from rich.table import Table
 
 from bench import fanout_report as report
 from bench.fanout import IDS, RESULTS, Config, publish_rate, run_point
 from bench.machine import reference_ns
-from bench.services import Pipeline, Service, contender
+from bench.services import Pipeline, contender
 from marketdata.loadtest.runner import raise_open_files
-from marketdata.supervisor.ports import free_port
 from marketdata.supervisor.redis_server import RedisServer
 
 MODES = ("snapshots", "deltas")
@@ -55,22 +53,11 @@ class DepthPipeline(Pipeline):
     depth: int = 25
 
     def start(self, rate: float, seed: int = 1) -> None:
-        self.stop()
-        client = redis.Redis.from_url(self.redis_url)  # no book of the previous feed may be served as "last value"
-        client.flushall()
-        client.close()
-        self.rate = rate
-        self.sim_port = free_port()
-        quiet = ("--log-level", "warning")
-        name = f"{rate:g}-d{self.depth}"
-        self.services = [
-            Service(f"sim-{name}", ["-m", "marketdata", "sim", "--port", str(self.sim_port), "--rate", f"{rate:g}",
-                                    "--seed", str(seed), *quiet], self.sim_port),
-            Service(f"ingest-{name}", ["-m", "marketdata", "ingest", "--sim", self.sim, "--redis-url", self.redis_url,
-                                       "--depth", str(self.depth), *quiet]),
-        ]
-        self.services[0].start(self.logs).wait_port()
-        self.services[1].start(self.logs)
+        os.environ["MD_DEPTH"] = str(self.depth)  # the ingestor's --depth, as its children inherit it
+        try:
+            Pipeline.start(self, rate, seed)
+        finally:
+            del os.environ["MD_DEPTH"]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
