@@ -83,8 +83,13 @@ def flat(rss: list[int]) -> tuple[float, bool]:
 
 
 def run_point(c: Contender, pipeline: Pipeline | None, cfg: Config, clients: int, n_instr: int, rate: float,
-              offered: float, stalled: int = 0, duration: float | None = None) -> dict[str, Any]:
-    """One measurement: the load generator against `c`, with the contender's CPU and RSS sampled."""
+              offered: float, stalled: int = 0, duration: float | None = None, deltas: bool = False,
+              verify_every: int = 10) -> dict[str, Any]:
+    """One measurement: the load generator against `c`, with the contender's CPU and RSS sampled.
+
+    `deltas`: the clients ask for deltas (bench/bench_deltas.py); every `verify_every`th
+    one applies and verifies each, as the dashboard does.
+    """
     samples: list[tuple[float, float, int, float]] = []
 
     def progress(phase: str, _totals: object, _elapsed: float) -> None:
@@ -92,7 +97,8 @@ def run_point(c: Contender, pipeline: Pipeline | None, cfg: Config, clients: int
             samples.append((time.monotonic(), c.cpu(), c.rss(), pipeline.cpu() if pipeline else 0.0))
 
     rss_before = c.rss()
-    plan = Plan(c.urls, IDS[:n_instr], clients, duration or cfg.duration, cfg.warmup, c.protocol, cfg.processes, stalled)
+    plan = Plan(c.urls, IDS[:n_instr], clients, duration or cfg.duration, cfg.warmup, c.protocol, cfg.processes, stalled,
+                deltas, verify_every)
     record: dict[str, Any] = {"contender": c.name, "clients": clients, "instruments": n_instr, "rate": rate,
                               "stalled": stalled, "offered_per_s": round(offered * (clients - stalled)),
                               "rss_before_mb": round(rss_before / 1e6, 1)}
@@ -119,6 +125,7 @@ def run_point(c: Contender, pipeline: Pipeline | None, cfg: Config, clients: int
         pipeline_cpu_share=round(pipe_share, 3),
         rss_mb=round(samples[-1][2] / 1e6, 1) if samples else None, rss_growth_mb=growth, flat=is_flat,
         loadgen=d["load_generator"], per_client=d["per_client_messages"],
+        bytes_per_message=d["bytes_per_message"], deltas=d["deltas"],
         loadavg_1m=round(os.getloadavg()[0], 2),  # the machine is shared: how busy it was
     )
     why = []
@@ -132,6 +139,8 @@ def run_point(c: Contender, pipeline: Pipeline | None, cfg: Config, clients: int
         why.append(f"{d['connect_failures']} connect failures")
     if d["regressions"]:
         why.append(f"{d['regressions']} regressions")
+    if d["deltas"] and d["deltas"]["checksum_failures"]:
+        why.append(f"{d['deltas']['checksum_failures']} checksum failures")
     if closed and not stalled:
         why.append(f"{closed} closed by server")
     starved = d["per_client_messages"] and d["per_client_messages"]["min"] == 0

@@ -5,15 +5,18 @@ data, not control: they go out as the exact bytes Redis delivered (see bridge.fa
 
 Client requests on the multiplexed socket (/ws)::
 
-    {"op":"subscribe","instruments":["BTC-USD",...],"trades":true}
+    {"op":"subscribe","instruments":["BTC-USD",...],"trades":true,"deltas":true}
     {"op":"unsubscribe","instruments":[...]}
+    {"op":"resync","instruments":[...]}
     {"op":"ping"}
 
 Server answers: subscribed, unsubscribed, pong, error (codes bad_json,
 bad_request, unknown_instrument, too_many_instruments) and feed; see
 docs/architecture.md and the README. A binary frame is read like a text one.
 `/ws?batch_ms=N` makes the socket send, every N ms, one frame
-`{"type":"batch","messages":[...]}` holding those messages in order.
+`{"type":"batch","messages":[...]}` holding those messages in order. `?deltas=1`
+(on both routes) makes deltas the default of the socket's subscriptions; `resync`
+(on both routes too) asks for a snapshot again after a gap or a checksum mismatch.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class RequestError(ValueError):
 class Subscribe:
     instruments: tuple[str, ...]
     trades: bool = False
+    deltas: bool | None = None  # None: as the socket's ?deltas= says
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    instruments: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +70,7 @@ class Ping:
     pass
 
 
-Request = Union[Subscribe, Unsubscribe, Ping]
+Request = Union[Subscribe, Unsubscribe, Resync, Ping]
 
 
 def shown(value: object) -> str:
@@ -81,6 +90,17 @@ def batch_ms(query_string: bytes) -> int:
     return int(text)
 
 
+def deltas(query_string: bytes) -> bool:
+    """The `deltas` of a WebSocket query string: 1 or true (deltas), 0 or false or absent (snapshots only)."""
+    values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("deltas")
+    if not values:
+        return False
+    text = values[-1].lower()
+    if text not in ("0", "1", "true", "false"):
+        raise RequestError(BAD_REQUEST, f"deltas must be 1 or 0, not {shown(values[-1])}")
+    return text in ("1", "true")
+
+
 def parse_request(data: str | bytes) -> Request:
     """One client frame as a request; raise RequestError naming what is wrong."""
     try:
@@ -94,14 +114,17 @@ def parse_request(data: str | bytes) -> Request:
         return Ping()
     if op == "subscribe":
         trades = obj.get("trades", False)
-        if not isinstance(trades, bool):
-            raise RequestError(BAD_REQUEST, "\"trades\" must be true or false")
-        return Subscribe(_instruments(obj), trades)
+        with_deltas = obj.get("deltas")
+        if not isinstance(trades, bool) or not isinstance(with_deltas, (bool, type(None))):
+            raise RequestError(BAD_REQUEST, "\"trades\" and \"deltas\" must be true or false")
+        return Subscribe(_instruments(obj), trades, with_deltas)
     if op == "unsubscribe":
         return Unsubscribe(_instruments(obj))
+    if op == "resync":
+        return Resync(_instruments(obj))
     if op is None:
-        raise RequestError(BAD_REQUEST, "the request has no \"op\" (subscribe, unsubscribe or ping)")
-    raise RequestError(BAD_REQUEST, f"unknown op {shown(op)}: use subscribe, unsubscribe or ping")
+        raise RequestError(BAD_REQUEST, "the request has no \"op\" (subscribe, unsubscribe, resync or ping)")
+    raise RequestError(BAD_REQUEST, f"unknown op {shown(op)}: use subscribe, unsubscribe, resync or ping")
 
 
 def _instruments(obj: dict[str, object]) -> tuple[str, ...]:
@@ -114,6 +137,11 @@ def _instruments(obj: dict[str, object]) -> tuple[str, ...]:
         if not isinstance(i, str) or not i or len(i) > MAX_ID_LENGTH:
             raise RequestError(BAD_REQUEST, f"instrument ids are non-empty strings of at most {MAX_ID_LENGTH} characters, not {shown(i)}")
     return tuple(dict.fromkeys(ids))
+
+
+def not_subscribed(instruments: list[str]) -> str:
+    """The answer to a resync of instruments the socket is not subscribed to."""
+    return "not subscribed to " + ", ".join(shown(i) for i in instruments[:5]) + (", ..." if len(instruments) > 5 else "")
 
 
 def unknown_instrument(instrument: str) -> str:

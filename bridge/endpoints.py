@@ -173,21 +173,30 @@ class _Endpoint:
 
 
 class MarketDataSocket(_Endpoint):
-    """WS /ws/market_data/{instrument}: the last book, then every live one, as published."""
+    """WS /ws/market_data/{instrument}: the last book, then every live one, as published.
+
+    `?deltas=1`: after the first book, deltas where they apply; the client may send
+    `{"op":"resync","instruments":[its instrument]}` for a snapshot again. Other
+    frames are read and ignored.
+    """
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, hub: Hub) -> None:
         instrument = scope["path_params"]["instrument"]
         try:
+            with_deltas = control.deltas(scope.get("query_string", b""))
             await hub.lookup(instrument)
+        except control.RequestError as exc:
+            await send({"type": "websocket.close", "code": POLICY, "reason": exc.message})
+            return
         except UnknownInstrument:
             await send({"type": "websocket.close", "code": POLICY, "reason": control.unknown_instrument(instrument)})
             return
         slot = self.slot(send)
         async with hub.session(slot):
-            hub.want(slot, instrument)
-            await self.run(slot, self._read(receive, slot))
+            hub.want(slot, instrument, deltas=with_deltas)
+            await self.run(slot, self._read(receive, slot, hub, instrument))
 
-    async def _read(self, receive: Receive, slot: LatestSlot) -> None:
+    async def _read(self, receive: Receive, slot: LatestSlot, hub: Hub, instrument: str) -> None:
         bucket = self.bucket()
         while True:
             message = await receive()
@@ -196,26 +205,35 @@ class MarketDataSocket(_Endpoint):
             data = message.get("text") or message.get("bytes") or b""
             if await self.refused(slot, bucket, data):
                 return
+            try:
+                request = control.parse_request(data)
+            except control.RequestError:
+                continue
+            if isinstance(request, control.Resync) and instrument in request.instruments:
+                hub.resync(slot, instrument)
 
 
 class MultiplexedSocket(_Endpoint):
     """WS /ws: subscribe, unsubscribe and ping over one socket; see bridge.control.
 
     `/ws?batch_ms=N` (1 to 1000) asks for one batch frame every N ms instead of a
-    frame per message (bridge.latest_slot); a bad value closes the socket 1008 saying why.
+    frame per message (bridge.latest_slot); `?deltas=1` makes deltas the default of its
+    subscriptions. A bad value closes the socket 1008 saying why.
     """
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, hub: Hub) -> None:
+        query = scope.get("query_string", b"")
         try:
-            batch_ms = control.batch_ms(scope.get("query_string", b""))
+            batch_ms = control.batch_ms(query)
+            with_deltas = control.deltas(query)
         except control.RequestError as exc:
             await send({"type": "websocket.close", "code": POLICY, "reason": exc.message})
             return
         slot = self.slot(send, batch_ms / 1000)
         async with hub.session(slot):
-            await self.run(slot, self._read(receive, slot, hub))
+            await self.run(slot, self._read(receive, slot, hub, with_deltas))
 
-    async def _read(self, receive: Receive, slot: LatestSlot, hub: Hub) -> None:
+    async def _read(self, receive: Receive, slot: LatestSlot, hub: Hub, with_deltas: bool) -> None:
         bucket = self.bucket()
         mine: set[str] = set()  # the instruments this socket is subscribed to
         limit = self.settings.max_instruments
@@ -246,8 +264,16 @@ class MultiplexedSocket(_Endpoint):
                     continue
                 mine.update(request.instruments)
                 slot.offer_control(control.subscribed(request.instruments))
+                wants_deltas = with_deltas if request.deltas is None else request.deltas
                 for instrument in request.instruments:
-                    hub.want(slot, instrument, request.trades)
+                    hub.want(slot, instrument, request.trades, wants_deltas)
+            elif isinstance(request, control.Resync):
+                strangers = [i for i in request.instruments if i not in mine]
+                if strangers:
+                    slot.offer_control(control.error(control.BAD_REQUEST, control.not_subscribed(strangers)))
+                for instrument in request.instruments:
+                    if instrument in mine:
+                        hub.resync(slot, instrument)
             else:
                 mine.difference_update(request.instruments)
                 for instrument in request.instruments:

@@ -32,6 +32,13 @@ The last value fetched when a channel is subscribed (bridge.subscriptions) is a 
 the key itself: with no epoch adopted yet, its epoch is adopted at once, and live books
 that came before it wait for it. A verified live book also tells the feed state that
 data flows (bridge.feed_state), so sockets hear "live" at once, not at the next poll.
+
+Deltas (for the sockets that asked): the ingestor publishes each just before its
+snapshot. One goes on only if it starts at the book forwarded last and, applied to its
+levels, gives its checksum (bridge.verify), into the slot of the instrument's books,
+taken only on top of exactly the book a socket holds (bridge.latest_slot). Any other is
+dropped and the snapshot right behind it serves instead; a bus read that conflates a
+channel's books skips the deltas before its newest book too.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from bridge.frames import Message, text_frame
 from bridge.metrics import Stats
 from bridge.tasks import spawn, stop
 from bridge.topic import Sink, Topic
-from bridge.verify import MALFORMED, ORDER, Rejected, verify_book, verify_trade
+from bridge.verify import MALFORMED, ORDER, Rejected, checked_book, verify_delta, verify_trade
 from marketdata.instruments import Instrument
 from marketdata.logs import Throttled
 
@@ -81,6 +88,8 @@ class Fanout:
         self._bad = Throttled(log, 1.0)
         self._rejected = Throttled(log, 1.0)
         self._adopted = Throttled(log, 1.0)
+        self.deltas_forwarded = 0  # deltas that went on to their sockets
+        self.deltas_unchained = 0  # deltas not starting at the book forwarded last: their snapshot serves instead
 
     async def aclose(self) -> None:
         """Stop the checks in flight."""
@@ -93,7 +102,7 @@ class Fanout:
 
         Books are states: when the bridge falls behind, the older ones in a batch are
         already superseded, so they are counted (conflated) and skipped, unless the
-        newer ones are dropped. Trades are events and all go on, in order.
+        newer ones are dropped (deltas before the newest go with them). Trades all go on, in order.
         """
         if len(batch) == 1:
             self.deliver(*batch[0])
@@ -101,14 +110,22 @@ class Fanout:
         topics = self._topics
         newest: dict[bytes, int] = {}
         books: dict[bytes, list[bytes]] = {}
+        deltas: dict[int, bytes] = {}  # position of a delta -> its book channel
         for i, (channel, payload) in enumerate(batch):
             topic = topics.get(channel)
-            if topic is not None and not topic.trades:
+            if topic is not None and topic.deltas:
+                deltas[i] = topic.book_channel
+            elif topic is not None and not topic.trades:
                 newest[channel] = i
                 books.setdefault(channel, []).append(payload)
         for i, (channel, payload) in enumerate(batch):
             last = newest.get(channel)
             if last is None:
+                book_channel = deltas.get(i)
+                if book_channel is not None and i < newest.get(book_channel, -1) and len(books[book_channel]) > 1:
+                    self._stats.messages_in += 1
+                    self._stats.bus_conflated += 1  # the newest book of the read goes to the delta sockets instead
+                    continue
                 self.deliver(channel, payload)
             elif last == i:
                 self._newest_book(topics[channel], books[channel])
@@ -130,6 +147,8 @@ class Fanout:
             return  # in flight when the last socket left
         if topic.trades:
             self._on_trade(topic, payload)
+        elif topic.deltas:
+            self._on_delta(topic, payload)
         else:
             self._on_book(topic, payload)
 
@@ -143,11 +162,11 @@ class Fanout:
     def _verified(self, topic: Topic, payload: bytes) -> Message | None:
         """The book as a Message if it proves itself; else None, counted and logged."""
         try:
-            epoch, seq = verify_book(payload, topic.instrument, self._upstream.instrument(topic.instrument))
+            book = checked_book(payload, topic.instrument, self._upstream.instrument(topic.instrument))
         except Rejected as exc:
             self._reject(topic, exc.reason, exc.detail)
             return None
-        return Message(seq, payload, text_frame(payload), self._loop.time(), False, epoch)
+        return Message(book.seq, payload, text_frame(payload), self._loop.time(), False, book.epoch, book=book)
 
     def _reject(self, topic: Topic, reason: str, detail: str) -> None:
         self._stats.books_rejected[reason] += 1
@@ -240,8 +259,29 @@ class Fanout:
 
     def _take(self, topic: Topic, msg: Message, live: bool) -> None:
         topic.latest = msg
+        topic.book, msg.book = msg.book, None
         if live:
             self._upstream.books_flowing()
+        self._fan_out(topic, msg, trade=False)
+
+    # -- deltas --------------------------------------------------------------------------
+
+    def _on_delta(self, topic: Topic, payload: bytes) -> None:
+        """A delta: on to the delta sockets if it proves itself on top of the book forwarded last."""
+        books = self._topics.get(topic.book_channel)
+        if books is None or books.latest is None or not topic.fanout:
+            return
+        try:
+            d = verify_delta(payload, topic.instrument, self._upstream.instrument(topic.instrument), books.book)
+        except Rejected as exc:
+            self._reject(topic, exc.reason, exc.detail)
+            return
+        if d is None:
+            self.deltas_unchained += 1
+            return
+        self.deltas_forwarded += 1
+        msg = Message(d.seq, payload, text_frame(payload), self._loop.time(), False, d.epoch, prev_seq=d.prev_seq,
+                      cap=len(books.latest.payload))
         self._fan_out(topic, msg, trade=False)
 
     # -- trades --------------------------------------------------------------------------
@@ -291,6 +331,13 @@ class Fanout:
                 try:
                     sink.offer_trade(key, msg)
                 except Exception:  # a bug in one socket must not starve the others
+                    self._broken(sink, key)
+        elif topic.deltas:
+            key = topic.book_channel  # a delta goes where it applies: the slot of the instrument's books
+            for sink in fanout:
+                try:
+                    sink.offer_delta(key, msg)
+                except Exception:
                     self._broken(sink, key)
         else:
             for sink in fanout:

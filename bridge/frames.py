@@ -45,6 +45,9 @@ class Message:
     reset: bool = False  # the first of a newly adopted epoch: receivers replace what they had, not compare seqs
     epoch: int = 0  # with seq, the message's place in its instrument's order
     _event: dict[str, Any] | None = None
+    prev_seq: int = -1  # a delta: the seq of the book it applies to (-1: not a delta)
+    cap: int = 0  # a delta: bytes of its instrument's snapshot; pending deltas past it are worth less than the snapshot
+    book: Any = None  # a book on its way to its topic: its levels as verified (bridge.verify.Book)
 
     @classmethod
     def of(cls, payload: bytes, seq: int = 0, received: float = 0.0, reset: bool = False, epoch: int = 0) -> Message:

@@ -6,7 +6,9 @@ sockets and, through its `Bus` (bridge.bus), the Redis subscriptions: the first
 socket that wants a channel makes the bus subscribe, the last one to leave makes
 it unsubscribe, whatever the number of sockets in between. What arrives goes
 through bridge.fanout: verified, ordered by (epoch, seq), kept in the channel's
-`Topic`, and handed to every socket of it.
+`Topic`, and handed to every socket of it. A socket that wants deltas also joins the
+instrument's delta channel, subscribed while some socket wants it; `resync` gives a
+socket the newest snapshot again, at once, when it asks.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Hub:
         self._keys = Keys(settings.prefix)
         self._topics: dict[bytes, Topic] = {}
         self._interest: dict[Sink, set[bytes]] = {}  # every attached socket and the channels it wants
-        self._names: dict[str, tuple[bytes, bytes]] = {}
+        self._names: dict[str, tuple[bytes, bytes, bytes]] = {}  # instrument -> its book, trades and delta channels
         self._bus = Bus(settings, stats, self, wiring)
         self._feed_msg = self._feed_message(self._bus.feed, 0.0)
         self._slow = Throttled(log, 1.0)
@@ -88,43 +90,60 @@ class Hub:
         finally:
             self.detach(sink)
 
-    def want(self, sink: Sink, instrument: str, trades: bool = False) -> None:
+    def want(self, sink: Sink, instrument: str, trades: bool = False, deltas: bool = False) -> None:
         """`sink` wants the books of `instrument` (and its trades when `trades`): the latest first, then live.
 
-        The caller checked the id with `lookup`.
+        With `deltas`, after that snapshot it gets deltas where they apply to what it holds,
+        snapshots where they do not. The caller checked the id with `lookup`.
         """
-        book, trade = self._channels(instrument)
+        book, trade, delta = self._channels(instrument)
         self._join(sink, book, instrument, None)
         if trades:
             self._join(sink, trade, instrument, book)
         else:
             self._leave(sink, trade)
+        if deltas:
+            self._join(sink, delta, instrument, book, deltas=True)
+        else:
+            self._leave(sink, delta)
 
     def unwant(self, sink: Sink, instrument: str) -> None:
-        book, trade = self._channels(instrument)
-        self._leave(sink, book)
-        self._leave(sink, trade)
+        for channel in self._channels(instrument):
+            self._leave(sink, channel)
 
-    def _channels(self, instrument: str) -> tuple[bytes, bytes]:
+    def resync(self, sink: Sink, instrument: str) -> bool:
+        """`sink` asks for a snapshot of `instrument` again: the newest forwarded goes at once. False if it has no such books."""
+        book = self._channels(instrument)[0]
+        topic = self._topics.get(book)
+        if topic is None or sink not in topic.sinks:
+            return False
+        sink.resync(book, topic.latest)
+        return True
+
+    def _channels(self, instrument: str) -> tuple[bytes, bytes, bytes]:
         names = self._names.get(instrument)
         if names is None:
-            names = self._names[instrument] = (self._keys.book(instrument).encode(), self._keys.trades(instrument).encode())
+            keys = self._keys
+            names = (keys.book(instrument).encode(), keys.trades(instrument).encode(), keys.deltas(instrument).encode())
+            self._names[instrument] = names
         return names
 
-    def _join(self, sink: Sink, channel: bytes, instrument: str, book_channel: bytes | None) -> None:
-        """`sink` joins `channel`: the book channel of `instrument`, or its trades when `book_channel` is given."""
+    def _join(self, sink: Sink, channel: bytes, instrument: str, book_channel: bytes | None, deltas: bool = False) -> None:
+        """`sink` joins `channel`: the book channel of `instrument`, or its trades (or deltas) when `book_channel` is given."""
         mine = self._interest.setdefault(sink, set())
         if channel in mine:
             return
         mine.add(channel)
-        trades = book_channel is not None
+        trades = book_channel is not None and not deltas
         topic = self._topics.get(channel)
         if topic is None:
-            topic = self._topics[channel] = Topic(channel, trades, instrument, book_channel or b"")
+            topic = self._topics[channel] = Topic(channel, trades, instrument, book_channel or b"", deltas)
             self._bus.changed()
         topic.sinks[sink] = None
         topic.fanout = tuple(topic.sinks)
-        if trades:
+        if deltas:
+            pass  # what it holds comes from the books; the deltas follow it
+        elif trades:
             if topic.primed:
                 for msg in topic.recent:
                     sink.offer_trade(channel, msg)

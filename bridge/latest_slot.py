@@ -9,6 +9,13 @@ catches up. A slow client thus gets the newest book when it is ready, never a
 backlog, and costs at most one slot per channel (trades, which are events and not
 states, keep a short bounded queue).
 
+A socket that asked for deltas gets them in the slot of their instrument's books, each
+only on top of exactly the book the socket holds (same epoch, `prev_seq` its seq): they
+queue there while they weigh less than the instrument's snapshot, and past that (a slow
+reader) they are dropped and the next snapshot, which the bridge reads right after
+each delta, goes instead. Any snapshot after what the socket holds is taken too (one
+whose delta could not be forwarded), and `resync` sends the newest at once.
+
 The sender drains the slots one of three ways:
 
 - raw: under uvicorn's websockets-sansio, frames go straight to the transport
@@ -94,7 +101,8 @@ class LatestSlot:
         seen = self._seen
         last = seen.get(key)
         if last is not None and not msg.reset and (msg.seq <= last.seq or msg.epoch != last.epoch):
-            self._stats.stale += 1
+            if msg.seq != last.seq or last.prev_seq < 0:  # else the socket has that book already, by its delta
+                self._stats.stale += 1
             return True
         seen[key] = msg
         if not self._pending and not self._batch and self._wire is not None and self._wire.ready():
@@ -112,6 +120,51 @@ class LatestSlot:
             self._stats.conflated += 1
         pending[key] = msg
         self._wake.set()
+
+    def offer_delta(self, key: bytes, msg: Message) -> None:
+        """A delta for the books in slot `key`: taken only on top of exactly what the socket holds.
+
+        While the messages pending in that slot weigh less than a snapshot (`msg.cap`)
+        the delta queues behind them; past that, they are all dropped and the slot waits
+        for the snapshot the bridge reads right after this delta.
+        """
+        if self.closed:
+            return
+        seen = self._seen
+        last = seen.get(key)
+        if last is None or last.seq != msg.prev_seq or last.epoch != msg.epoch:
+            return  # the snapshot that follows serves this socket
+        seen[key] = msg
+        pending = self._pending
+        item = pending.get(key)
+        if item is None:
+            if not pending and not self._batch and self._wire is not None and self._wire.ready():
+                self._wire.write(msg.frame)
+                self._stats.messages_out += 1
+                return
+            pending[key] = msg
+        else:
+            chain = item if isinstance(item, deque) else deque((item,))
+            if sum(len(m.payload) for m in chain) + len(msg.payload) > msg.cap:
+                del pending[key], seen[key]
+                self._stats.conflated += len(chain)
+                return
+            chain.append(msg)
+            pending[key] = chain
+        self._wake.set()
+
+    def resync(self, key: bytes, latest: Message | None) -> None:
+        """The client asks for a snapshot of the books in slot `key`: what waits there is dropped, `latest` goes now.
+
+        Unless the socket was given a delta past `latest` (it is read just before its
+        snapshot): then that snapshot, next, goes instead.
+        """
+        if self.closed:
+            return
+        last = self._seen.pop(key, None)
+        self._pending.pop(key, None)
+        if latest is not None and (last is None or last.epoch != latest.epoch or latest.seq >= last.seq):
+            self.offer(key, latest)
 
     def offer_trade(self, key: bytes, msg: Message) -> None:
         """A trade for channel `key`: trades are events, so they queue (bounded), oldest dropped first."""

@@ -3,8 +3,8 @@
 `sync` makes the subscriptions equal to the channels the listener (the hub) wants:
 it sends SUBSCRIBE / UNSUBSCRIBE on the connection, waits for Redis to confirm the
 new ones, then fetches their last values (MGET of the book keys, LRANGE of the
-whole trades lists the ingestor keeps) so that nothing published after the fetch
-can be missed. `listen` hands every payload to the listener as received, in
+whole trades lists the ingestor keeps; delta channels have none) so that nothing
+published after the fetch can be missed. `listen` hands every payload to the listener as received, in
 batches. `connect` replaces the connection and forgets what the old one had; the
 bus (bridge.bus) decides when, and how long to wait between attempts.
 """
@@ -46,13 +46,15 @@ class ChannelListener(Protocol):
 
 class Subscriptions:
     """`pubsub` carries the subscriptions, `redis` the fetches of last values; channels whose
-    name starts with `book_prefix` are books, the others trades."""
+    name starts with `book_prefix` (`{prefix}:book:`) are books, `{prefix}:delta:` deltas,
+    the others trades."""
 
     def __init__(self, pubsub: PubSub, redis: Redis, listener: ChannelListener, book_prefix: bytes) -> None:
         self._pubsub = pubsub
         self._redis = redis
         self._listener = listener
         self._book_prefix = book_prefix
+        self._delta_prefix = book_prefix[: -len(b"book:")] + b"delta:"
         self._subscribed: set[bytes] = set()  # channels SUBSCRIBE was sent for on the current connection
         self._confirming: dict[bytes, asyncio.Future[None]] = {}
         self._generation = 0  # counts connections; a sync begun on an older one gives up
@@ -156,7 +158,7 @@ class Subscriptions:
     async def _fetch(self, channels: list[bytes]) -> None:
         """The last book of new book channels, the recent trades of new trades channels."""
         books = [c for c in channels if c.startswith(self._book_prefix)]
-        trades = [c for c in channels if not c.startswith(self._book_prefix)]
+        trades = [c for c in channels if not c.startswith((self._book_prefix, self._delta_prefix))]
         if books:
             values = await self._redis.mget(books)  # a channel's last-value key has the channel's name
             wanted = self._listener.wanted()

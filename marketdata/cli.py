@@ -289,6 +289,7 @@ def build_parser() -> _Parser:
     p.opt("--warmup", "MD_WARMUP", float, "seconds of warm-up not counted")
     p.opt("--mode", "MD_MODE", choice("single", "multi"), "single: /ws/market_data/{id}; multi: one /ws per client")
     p.opt("--processes", "MD_PROCESSES", count, "load generator processes (0: one per core)")
+    p.flag("--deltas", "MD_DELTAS", "ask for deltas; apply and verify each as a real client does, counting resyncs and checksum failures")
     p.flag("--json", "MD_JSON", "print the summary as one JSON object")
     _common(p)
     root.commands = sub.choices  # type: ignore[attr-defined]

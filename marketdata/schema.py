@@ -9,6 +9,10 @@ Book and trade messages carry `epoch` beside `seq` (the simulator's run, see the
 proto's Event.epoch): their order is (epoch, seq). The field was added within
 version 1, since a reader that ignores unknown fields loses nothing; a message
 written before it existed reads as epoch 0.
+
+A delta message (`"type":"delta"`, on its own channel) turns the book published at
+`prev_seq` into the one published at `seq` (marketdata.delta computes and applies it);
+it was added within version 1 as well: it goes where only readers that ask for it look.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ class Keys:
         """Channel carrying every trade, and key of a list of the recent ones (newest first)."""
         return f"{self.prefix}:trades:{instrument}"
 
+    def deltas(self, instrument: str) -> str:
+        """Channel carrying the delta from each published book to the next (no key: deltas have no last value)."""
+        return f"{self.prefix}:delta:{instrument}"
+
     @property
     def book_pattern(self) -> str:
         return f"{self.prefix}:book:*"
@@ -77,18 +85,48 @@ class Keys:
 
 def encode_book(inst: Instrument, book: OrderBook, depth: int, ts: int, pts: int, checksum: int) -> bytes:
     """One book snapshot message: the best `depth` levels a side, decimals at the edge."""
+    return encode_snapshot(inst, book.epoch, book.seq, book.bids(depth), book.asks(depth), ts, pts, checksum)
+
+
+def encode_snapshot(inst: Instrument, epoch: int, seq: int, bids: Iterable[Level], asks: Iterable[Level],
+                    ts: int, pts: int, checksum: int) -> bytes:
+    """A book snapshot message from its levels (best first, ticks and lots), as encode_book writes it."""
     price, size = inst.price, inst.size
     return orjson.dumps(
         {
             "v": VERSION,
             "type": "book",
             "instrument": inst.id,
-            "seq": book.seq,
+            "seq": seq,
             "ts": ts,
             "pts": pts,
-            "epoch": book.epoch,
-            "bids": [[price(p), size(s)] for p, s in book.bids(depth)],
-            "asks": [[price(p), size(s)] for p, s in book.asks(depth)],
+            "epoch": epoch,
+            "bids": [[price(p), size(s)] for p, s in bids],
+            "asks": [[price(p), size(s)] for p, s in asks],
+            "checksum": checksum,
+        }
+    )
+
+
+def encode_delta(inst: Instrument, epoch: int, seq: int, prev_seq: int, bids: Iterable[Level], asks: Iterable[Level],
+                 ts: int, pts: int, checksum: int) -> bytes:
+    """One delta message: the changed levels (size 0: gone) from the book published at `prev_seq` to the one at `seq`.
+
+    `checksum` is that of the book at `seq`; the README documents each field.
+    """
+    price, size = inst.price, inst.size
+    return orjson.dumps(
+        {
+            "v": VERSION,
+            "type": "delta",
+            "instrument": inst.id,
+            "epoch": epoch,
+            "seq": seq,
+            "prev_seq": prev_seq,
+            "ts": ts,
+            "pts": pts,
+            "bids": [[price(p), size(s)] for p, s in bids],
+            "asks": [[price(p), size(s)] for p, s in asks],
             "checksum": checksum,
         }
     )
@@ -164,10 +202,12 @@ def heartbeat_ts(payload: bytes | str) -> int:
 
 _BOOK_FIELDS = ("instrument", "seq", "ts", "pts", "bids", "asks", "checksum")
 _TRADE_FIELDS = ("instrument", "seq", "ts", "price", "size", "side")
+_DELTA_FIELDS = ("instrument", "seq", "prev_seq", "ts", "pts", "bids", "asks", "checksum")
+_FIELDS = {"book": _BOOK_FIELDS, "trade": _TRADE_FIELDS, "delta": _DELTA_FIELDS}
 
 
 def decode(payload: bytes | str) -> dict[str, Any]:
-    """Parse and check one book or trade message; raise MessageError naming what is wrong.
+    """Parse and check one book, trade or delta message; raise MessageError naming what is wrong.
 
     The result always has `epoch` (0 for a message written before epochs existed).
     """
@@ -177,7 +217,7 @@ def decode(payload: bytes | str) -> dict[str, Any]:
     if msg.get("v") != VERSION:
         raise MessageError(f"unsupported schema version {msg.get('v')!r}")
     kind = msg.get("type")
-    fields = _BOOK_FIELDS if kind == "book" else _TRADE_FIELDS if kind == "trade" else None
+    fields = _FIELDS.get(kind) if isinstance(kind, str) else None
     if fields is None:
         raise MessageError(f"unknown message type {kind!r}")
     missing = [f for f in fields if f not in msg]
@@ -185,6 +225,8 @@ def decode(payload: bytes | str) -> dict[str, Any]:
         raise MessageError(f"{kind} message lacks {', '.join(missing)}")
     if not isinstance(msg["seq"], int) or not isinstance(msg["instrument"], str):
         raise MessageError("seq must be an integer and instrument a string")
+    if kind == "delta" and (not isinstance(msg["prev_seq"], int) or msg["prev_seq"] >= msg["seq"]):
+        raise MessageError("prev_seq must be an integer below seq")
     epoch = msg.setdefault("epoch", 0)
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise MessageError(f"epoch must be a non-negative integer, not {epoch!r}")
@@ -207,10 +249,18 @@ def book_checksum(msg: dict[str, Any], inst: Instrument) -> int:
 
 def _units(levels: list[Any], inst: Instrument) -> list[Level]:
     """The best CHECKSUM_DEPTH levels of one side in ticks and lots."""
+    return units(levels, inst, CHECKSUM_DEPTH)
+
+
+def units(levels: list[Any], inst: Instrument, n: int | None = None) -> list[Level]:
+    """The first `n` (all when None) `[price, size]` pairs of a decoded side in ticks and lots, exactly.
+
+    Raises TypeError or ValueError when `levels` is not a list of number pairs.
+    """
     if not isinstance(levels, list):
         raise TypeError("a side is not an array")
     ps, tu, ss, lu = inst.price_scale, inst.tick_units, inst.size_scale, inst.lot_units
-    return [(round(p * ps / tu), round(s * ss / lu)) for p, s in islice(levels, CHECKSUM_DEPTH)]
+    return [(round(p * ps / tu), round(s * ss / lu)) for p, s in (levels if n is None else islice(levels, n))]
 
 
 # The encoders write seq, then the times, then epoch, all within the first bytes.

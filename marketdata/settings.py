@@ -102,3 +102,4 @@ class LoadtestSettings:
     mode: str = "single"  # single: /ws/market_data/{id}; multi: /ws
     processes: int = 0  # 0: one per core
     warmup: float = 1.0
+    deltas: bool = False  # ask for deltas; apply and verify each as a real client does

@@ -10,6 +10,12 @@ sends the bytes; a standby feeds it the same batches and `discard`s what is due.
 Every book and trade goes out with its epoch (the simulator's run). A snapshot of
 a new epoch replaces its book in `feed.Books`, so what is published after it is the
 new run's book, never a merge of two.
+
+Beside each snapshot goes a delta from the previous book published of the instrument
+(marketdata.delta), computed from the levels published last, kept here in ticks and
+lots. There is none for the first book of an epoch, nor for the first after
+`republish_all` (Redis came back, or the lease was taken) or a standby's `discard`:
+what readers hold then is unknown, and they resync from the snapshot.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from marketdata import schema
-from marketdata.book import OrderBook
+from marketdata.book import Level, OrderBook
+from marketdata.delta import diff
 from marketdata.errors import BookError
 from marketdata.feed import Books
 from marketdata.ingest.lease import FENCE, Command, Fence
@@ -40,6 +47,7 @@ class IngestStats:
     batches: int = 0  # gRPC messages read
     drains: int = 0  # pipelines written
     publishes: int = 0  # book snapshots published
+    delta_publishes: int = 0  # deltas published beside them
     trade_publishes: int = 0
     gaps: int = 0
     checksum_mismatches: int = 0
@@ -52,12 +60,16 @@ class IngestStats:
     leader_changes: int = 0  # times this ingestor took or lost the publishing lease
 
 
+Delta = tuple[bytes, bytes]  # (channel, payload)
+
+
 @dataclass(slots=True)
 class Drain:
-    """What one round trip writes: the instrument list (when due), book snapshots, trades."""
+    """What one round trip writes: the instrument list (when due), book snapshots and their deltas, trades."""
 
     instruments: bytes | None = None
     books: list[tuple[bytes, bytes]] = field(default_factory=list)  # (channel = key, payload), in order
+    deltas: list[Delta | None] = field(default_factory=list)  # empty, or one per book: its delta, if any
     trades: dict[bytes, list[bytes]] = field(default_factory=dict)  # channel = list key -> payloads, oldest first
     trade_count: int = 0
 
@@ -79,6 +91,7 @@ class PublishQueue:
         keys = schema.Keys(settings.prefix)
         self.book_keys = {name: keys.book(name).encode() for name in self.instruments}
         self.trade_keys = {name: keys.trades(name).encode() for name in self.instruments}
+        self.delta_keys = {name: keys.deltas(name).encode() for name in self.instruments}
         self.depth = settings.depth
         self.coalesce = settings.coalesce
         self.stats = stats
@@ -86,7 +99,9 @@ class PublishQueue:
         self.instruments_due = True
         self._changed: dict[str, int] = {}  # instrument -> exchange ts of its last applied event
         self._last_ts: dict[str, int] = {}
-        self._books_out: list[tuple[bytes, bytes]] = []  # coalesce=False only
+        self._books_out: list[tuple[bytes, bytes, Delta | None]] = []  # coalesce=False only
+        # instrument -> (epoch, seq, bids, asks) of the last book encoded for publishing: the base of the next delta
+        self._published: dict[str, tuple[int, int, list[Level], list[Level]]] = {}
         self._trades_out: dict[bytes, list[bytes]] = {}
         self._trade_count = 0
 
@@ -111,7 +126,7 @@ class PublishQueue:
 
     def _apply_each(self, events: Sequence[pb.Event], pts: int) -> list[pb.Event]:
         apply, is_ready, books, stats = self.books.apply, self.books.is_ready, self.books.books, self.stats
-        out: list[tuple[bytes, bytes]] = []
+        out: list[tuple[bytes, bytes, Delta | None]] = []
         trades = []
         for event in events:
             kind = apply(event)
@@ -124,13 +139,14 @@ class PublishQueue:
                 trades.append(event)
             elif kind == "snapshot":
                 stats.snapshots += 1
-            out.append((self.book_keys[name], self._encode(name, books[name], event.ts, pts)))
+            out.append(self._encode(name, books[name], event.ts, pts))
             self._last_ts[name] = event.ts
         pending = self._books_out
         pending.extend(out)  # only once the whole batch verified
         if len(pending) > MAX_PENDING:
             stats.dropped += len(pending) - MAX_PENDING
             del pending[: len(pending) - MAX_PENDING]
+            self._cut_chains()  # the books they applied to will never be published
         return trades
 
     def _add_trades(self, trades: list[pb.Event]) -> None:
@@ -153,8 +169,27 @@ class PublishQueue:
                     del pending[: len(pending) - keep]
             self._trade_count = sum(map(len, out.values()))
 
-    def _encode(self, name: str, book: OrderBook, ts: int, pts: int) -> bytes:
-        return schema.encode_book(self.instruments[name], book, self.depth, ts, pts, book.checksum())
+    def _encode(self, name: str, book: OrderBook, ts: int, pts: int) -> tuple[bytes, bytes, Delta | None]:
+        """(key, snapshot, delta or None) of the book as it is now; it becomes the base of the next delta."""
+        inst, depth, epoch, seq = self.instruments[name], self.depth, book.epoch, book.seq
+        bids, asks, crc = book.bids(depth), book.asks(depth), book.checksum()
+        snapshot = schema.encode_snapshot(inst, epoch, seq, bids, asks, ts, pts, crc)
+        prev = self._published.get(name)
+        self._published[name] = (epoch, seq, bids, asks)
+        if prev is None or prev[0] != epoch or prev[1] >= seq:
+            return self.book_keys[name], snapshot, None
+        changes = schema.encode_delta(inst, epoch, seq, prev[1], diff(prev[2], bids, True), diff(prev[3], asks, False), ts, pts, crc)
+        return self.book_keys[name], snapshot, (self.delta_keys[name], changes)
+
+    def _cut_chains(self) -> None:
+        """The first pending book of each instrument goes out without its delta (the one before it was dropped)."""
+        first: set[bytes] = set()
+        pending = self._books_out
+        for i, (key, snapshot, delta) in enumerate(pending):
+            if key not in first:
+                first.add(key)
+                if delta is not None:
+                    pending[i] = (key, snapshot, None)
 
     def take(self, pts: int) -> Drain:
         """Everything due now, encoded; `pts` is the publish time stamped on the snapshots."""
@@ -165,11 +200,18 @@ class PublishQueue:
         if self._changed:
             changed, self._changed = self._changed, {}
             self._last_ts.update(changed)
-            is_ready, books, keys = self.books.is_ready, self.books.books, self.book_keys
-            drain.books = [(keys[n], self._encode(n, books[n], ts, pts)) for n, ts in changed.items() if is_ready(n)]
+            is_ready, books, encode = self.books.is_ready, self.books.books, self._encode
+            out = [encode(n, books[n], ts, pts) for n, ts in changed.items() if is_ready(n)]
+        else:
+            out = []
         if self._books_out:
-            drain.books.extend(self._books_out)
+            out.extend(self._books_out)
             self._books_out = []
+        if out:
+            drain.books = [(key, snapshot) for key, snapshot, _ in out]
+            deltas = [delta for _, _, delta in out]
+            if any(deltas):
+                drain.deltas = deltas
         if self._trades_out:
             drain.trades, drain.trade_count = self._trades_out, self._trade_count
             self._trades_out, self._trade_count = {}, 0
@@ -186,12 +228,16 @@ class PublishQueue:
             self._last_ts.update(self._changed)
             self._changed = {}
         self._books_out = []
+        self._published.clear()
         if self._trades_out:
             self._trades_out, self._trade_count = {}, 0
 
     def republish_all(self) -> None:
         """Make every usable book and the instrument list due again (Redis came back, or the lease was taken)."""
         self.instruments_due = True
+        self._published.clear()  # readers may hold anything: the next book of each goes without a delta
+        if self._books_out:
+            self._cut_chains()
         for name, ts in self._last_ts.items():
             if self.books.is_ready(name):
                 self._changed.setdefault(name, ts)
@@ -213,6 +259,20 @@ for i = 2, #KEYS do
 end
 return #KEYS - 1
 """
+# The same with deltas: after the n snapshots, ARGV holds n delta channels then n delta
+# payloads ('' where a book has none). A delta goes out just before its snapshot, so a
+# bridge reads first the delta, which applies to the book it forwarded last, then the
+# snapshot that follows from it (for the sockets the delta could not serve).
+_BOOKS_DELTAS_LUA = FENCE + b"""
+local n = #KEYS - 1
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i])
+  local delta = ARGV[i + 2 * n]
+  if delta ~= '' then redis.call('PUBLISH', ARGV[i + n], delta) end
+  redis.call('PUBLISH', KEYS[i], ARGV[i])
+end
+return n
+"""
 _TRADES_LUA = FENCE + b"""
 local keep = tonumber(ARGV[2])
 for i = 3, #ARGV do redis.call('PUBLISH', KEYS[2], ARGV[i]) end
@@ -226,7 +286,8 @@ def drain_commands(drain: Drain, instruments_key: bytes, history: int, fence: Fe
     """The drain as a few fenced Redis commands for one pipelined round trip, whatever its size.
 
     One EVAL that SETs the instrument list (when due); one that does SET + PUBLISH of
-    every snapshot in order; per instrument with trades, one that PUBLISHes each trade,
+    every snapshot in order (with the PUBLISH of its delta just before, if it has one);
+    per instrument with trades, one that PUBLISHes each trade,
     LPUSHes the newest `history` (so the list is newest first) and LTRIMs the list to
     `history`. Each writes nothing unless the lease still holds `fence.value`.
     """
@@ -236,7 +297,13 @@ def drain_commands(drain: Drain, instruments_key: bytes, history: int, fence: Fe
         commands.append((b"EVAL", _INSTRUMENTS_LUA, b"2", lease, instruments_key, value, drain.instruments))
     if drain.books:
         keys = [k for k, _ in drain.books]
-        commands.append((b"EVAL", _BOOKS_LUA, b"%d" % (len(keys) + 1), lease, *keys, value, *[p for _, p in drain.books]))
+        payloads = [p for _, p in drain.books]
+        if drain.deltas:
+            channels = [d[0] if d else b"" for d in drain.deltas]
+            deltas = [d[1] if d else b"" for d in drain.deltas]
+            commands.append((b"EVAL", _BOOKS_DELTAS_LUA, b"%d" % (len(keys) + 1), lease, *keys, value, *payloads, *channels, *deltas))
+        else:
+            commands.append((b"EVAL", _BOOKS_LUA, b"%d" % (len(keys) + 1), lease, *keys, value, *payloads))
     for key, payloads in drain.trades.items():
         commands.append((b"EVAL", _TRADES_LUA, b"2", lease, key, value, b"%d" % history, *payloads))
     return commands
@@ -254,6 +321,10 @@ def tally(commands: Sequence[Command], results: Sequence[object], stats: IngestS
             errors.append(result)
         elif command[1] is _BOOKS_LUA:
             stats.publishes += int(result)  # type: ignore[call-overload]
+        elif command[1] is _BOOKS_DELTAS_LUA:
+            n = int(result)  # type: ignore[call-overload]
+            stats.publishes += n
+            stats.delta_publishes += sum(1 for d in command[len(command) - n:] if d)
         elif command[1] is _TRADES_LUA:
             stats.trade_publishes += int(result)  # type: ignore[call-overload]
     if len(errors) < len(commands):

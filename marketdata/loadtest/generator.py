@@ -1,10 +1,12 @@
-"""The load generator's worker process: many WebSocket clients, read and tallied.
+"""The load generator's clients: one per WebSocket, read and tallied (picows listeners).
 
-`marketdata loadtest` (marketdata.loadtest.runner) starts one worker per core; each opens
-its share of the sockets with picows, reads every frame and keeps counters and two
-latency histograms, which it reports to the parent over a pipe. The per-frame path
-is written to cost about two microseconds: one bounded regex over the frame's
-memory finds instrument, seq, ts and pts without decoding the book.
+Each worker process (marketdata.loadtest.worker) opens many; all of them share the
+worker's `Tally`. The per-frame path of a `Client` is written to cost about two
+microseconds: one bounded regex over the frame's memory finds instrument, seq, ts
+and pts without decoding the book. A `DeltaClient` asks for deltas and keeps its
+book as a real client does (marketdata.delta): each delta must start at the book it
+holds; one with a replica also applies it and verifies the checksum; a gap or a
+mismatch asks the bridge for the snapshot again (`resync`).
 
 Three protocols, one per kind of server measured:
 
@@ -17,68 +19,40 @@ Three protocols, one per kind of server measured:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any
 
 import orjson
-from picows import (
-    WSCloseCode,
-    WSError,
-    WSFrame,
-    WSListener,
-    WSMsgType,
-    WSTransport,
-    ws_connect,
-)
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from marketdata import delta, schema
+from marketdata.errors import MessageError
 from marketdata.loadtest import latency
-from marketdata.loadtest.measurement import Report
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("single", "multi", "socketio")
-STALLED_RCVBUF = 4096  # a client that stops reading lets the server fill a small window fast
 
 # Every book carries these fields first and in this order (schema.encode_book); JSON
 # re-encoded by a peer keeps the order. Searched within the first bytes of a frame.
 _BOOK = re.compile(rb'"type":"book","instrument":"([^"]*)","seq":(\d+),"ts":(\d+),"pts":(\d+)')
+_EPOCH = re.compile(rb',"epoch":(\d+)')
+# And every delta these (schema.encode_delta).
+_DELTA = re.compile(rb'"type":"delta","instrument":"([^"]*)","epoch":(\d+),"seq":(\d+),"prev_seq":(\d+),"ts":(\d+),"pts":(\d+)')
 _HEAD = 320
 _TEXT = WSMsgType.TEXT
 _CLOSE = WSMsgType.CLOSE
 _MAX_US = latency.MAX_US
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One socket to open: the URL and the instrument it is for."""
-
-    url: str
-    instrument: str
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPlan:
-    index: int
-    protocol: str
-    targets: tuple[Target, ...]
-    stalled: int = 0  # this many of the sockets stop reading after their first book
-    connect_concurrency: int = 64
-    connect_timeout: float = 10.0
-    report_every: float = 0.5
-
-
 class Tally:
     """The mutable counters one worker's sockets share (a single event loop: no locks)."""
 
     __slots__ = ("books", "others", "bytes", "regressions", "conflated", "errors", "error_samples",
-                 "stale_notices", "hist_ts", "hist_pts", "max_ts", "max_pts", "closed", "open")
+                 "stale_notices", "hist_ts", "hist_pts", "max_ts", "max_pts", "closed", "open",
+                 "deltas", "resyncs", "gaps", "checksum_failures", "verifying")
 
     def __init__(self) -> None:
         self.closed: Counter[str] = Counter()
@@ -89,6 +63,7 @@ class Tally:
         self.hist_ts = latency.new()
         self.hist_pts = latency.new()
         self.max_ts = self.max_pts = 0
+        self.deltas = self.resyncs = self.gaps = self.checksum_failures = self.verifying = 0
 
     def error(self, what: str) -> None:
         self.errors += 1
@@ -225,140 +200,115 @@ class Client(WSListener):
             self.transport.disconnect()
 
 
-def _stalled_socket(_url: Any) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
-    sock.setblocking(False)
-    return sock
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:160] if text else type(exc).__name__
+def _file(t: Tally, now: int, ts: int, pts: int) -> None:
+    """The latency of a delivery from `ts` and from `pts`, in the tally's histograms."""
+    d = now - ts
+    t.max_ts = max(t.max_ts, d)
+    t.hist_ts[latency.bucket(d)] += 1
+    d = now - pts
+    t.max_pts = max(t.max_pts, d)
+    t.hist_pts[latency.bucket(d)] += 1
 
 
-class Worker:
-    """Opens the plan's sockets, then reports every `report_every` s until told to stop."""
+class DeltaClient(Client):
+    """A socket that asks for deltas and keeps its book as a real client does.
 
-    def __init__(self, plan: WorkerPlan, conn: Connection) -> None:
-        self.plan = plan
-        self.conn = conn
-        self.tally = Tally()
-        self.clients: list[Client] = []
-        self.failures: Counter[str] = Counter()
-        self.attempted = 0
-        self.base: Report | None = None  # the counters when the parent said "reset"
-        self.started = time.monotonic()
-        self.phase = "connecting"
-        self.stop = asyncio.Event()
+    Each delta must start at the book held (`prev_seq`), else it is a gap; with a
+    `replica` (marketdata.delta.Replica) it is also applied and its checksum verified,
+    and a snapshot's too. A gap or a mismatch in a delta asks the bridge for the
+    snapshot again (`{"op":"resync"}`) and drops deltas until one comes.
+    """
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.conn.fileno(), self._on_command)
-        reporter = asyncio.create_task(self._report_loop())
-        try:
-            await self._connect_all()
-            self.phase = "ready"
-            self._send(self.report())
-            self.phase = "running"
-            await self.stop.wait()
-        finally:
-            loop.remove_reader(self.conn.fileno())
-            reporter.cancel()
-        final = self.report() if self.base is None else _since(self.report(), self.base)
-        final.phase = "final"
-        final.per_client = [c.count for c in self.clients if not c.stall]
-        self._send(final)
-        for client in self.clients:
-            client.close()
-        await asyncio.sleep(0.05)  # let the close frames leave
+    __slots__ = ("_resync", "epoch", "replica", "waiting")
 
-    async def _connect_all(self) -> None:
-        gate = asyncio.Semaphore(self.plan.connect_concurrency)
-        stalled = self.plan.stalled
+    def __init__(self, tally: Tally, instrument: str, protocol: str, stall: bool, replica: delta.Replica | None) -> None:
+        super().__init__(tally, instrument, protocol, stall)
+        self.replica = replica
+        self.epoch = -1
+        self.waiting = False
+        self._resync = orjson.dumps({"op": "resync", "instruments": [instrument]})
 
-        async def one(n: int, target: Target) -> None:
-            async with gate:
-                if self.stop.is_set():
-                    return
-                self.attempted += 1
-                stall = n < stalled
-                client = Client(self.tally, target.instrument, self.plan.protocol, stall)
-                try:
-                    await asyncio.wait_for(
-                        ws_connect(lambda: client, target.url, websocket_handshake_timeout=self.plan.connect_timeout,
-                                   socket_factory=_stalled_socket if stall else None, max_frame_size=1 << 20),
-                        self.plan.connect_timeout + 1,
-                    )
-                except (OSError, asyncio.TimeoutError, EOFError, ValueError, WSError) as exc:
-                    # WSHandshakeError (a WSError): the upgrade was refused (403, 404, ...).
-                    self.failures[_reason(exc)] += 1
-                    return
-                self.clients.append(client)
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.tally.open += 1
+        if self.protocol == "multi":
+            request = {"op": "subscribe", "instruments": [self.instrument.decode()], "trades": False, "deltas": True}
+            transport.send(_TEXT, orjson.dumps(request))
 
-        await asyncio.gather(*(one(n, t) for n, t in enumerate(self.plan.targets)))
-
-    def _on_command(self) -> None:
-        while self.conn.poll():
-            try:
-                command = self.conn.recv()
-            except EOFError:  # the parent is gone
-                self.stop.set()
-                return
-            if command == "reset":
-                # Counters stay cumulative (live reports never go backwards); the final
-                # report is the difference from this baseline. Maxima restart here.
-                self.base = self.report()
-                self.tally.max_ts = self.tally.max_pts = 0
-            elif command == "stop":
-                self.stop.set()
-
-    async def _report_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.plan.report_every)
-            self._send(self.report())
-
-    def _send(self, report: Report) -> None:
-        try:
-            self.conn.send(report)
-        except (BrokenPipeError, EOFError, OSError):
-            self.stop.set()
-
-    def report(self) -> Report:
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        view = frame.get_payload_as_memoryview()
         t = self.tally
-        return Report(
-            worker=self.plan.index, phase=self.phase,
-            window=time.monotonic() - self.started, cpu=time.process_time(),
-            attempted=self.attempted, connected=len(self.clients), open=t.open,
-            connect_failures=sum(self.failures.values()), failure_reasons=dict(self.failures),
-            closed=dict(t.closed), books=t.books, others=t.others, bytes=t.bytes,
-            regressions=t.regressions, conflated=t.conflated, errors=t.errors,
-            error_samples=list(t.error_samples), stale_notices=t.stale_notices,
-            hist_ts=list(t.hist_ts), hist_pts=list(t.hist_pts), max_ts=t.max_ts, max_pts=t.max_pts,
-        )
+        m = _DELTA.search(view, 0, _HEAD)
+        if m is not None:
+            name, epoch, seq, prev, ts, pts = m.groups()
+            t.deltas += 1
+            self._delta(transport, frame, int(epoch), int(seq), int(prev))
+        else:
+            m = _BOOK.search(view, 0, _HEAD)
+            if m is None:
+                if frame.msg_type is _TEXT:
+                    self._other(transport, frame.get_payload_as_bytes())
+                else:
+                    self._control_frame(transport, frame)
+                return
+            name, seq, ts, pts = m.groups()
+            e = _EPOCH.search(view, 0, _HEAD)
+            self._snapshot(frame, int(e.group(1)) if e else 0, int(seq))
+        t.books += 1
+        t.bytes += frame.payload_size
+        self.count += 1
+        if name != self.instrument:
+            t.error(f"{'delta' if m.re is _DELTA else 'book'} of {name.decode()} on a socket for {self.instrument.decode()}")
+        _file(t, time.time_ns() // 1000, int(ts), int(pts))
+        if self.stall:
+            transport.underlying_transport.pause_reading()
 
+    def _snapshot(self, frame: WSFrame, epoch: int, seq: int) -> None:
+        t, last = self.tally, self.last
+        if epoch == self.epoch and (seq < last or (seq == last and not self.waiting)):
+            t.regressions += 1
+            return
+        if epoch == self.epoch and last >= 0:
+            t.conflated += max(0, seq - last - 1)
+        self.epoch, self.last, self.waiting = epoch, seq, False
+        if self.replica is not None and self._replicated(self.replica.snapshot, frame) == delta.MISMATCH:
+            t.checksum_failures += 1
 
-def _since(now: Report, base: Report) -> Report:
-    """The counts of `now` that came after `base` (socket states and closes stay as in `now`)."""
-    for name in ("window", "cpu", "books", "others", "bytes", "regressions", "conflated", "errors", "stale_notices"):
-        setattr(now, name, getattr(now, name) - getattr(base, name))
-    now.hist_ts = latency.subtract(now.hist_ts, base.hist_ts)
-    now.hist_pts = latency.subtract(now.hist_pts, base.hist_pts)
-    now.error_samples = now.error_samples[len(base.error_samples):]
-    return now
+    def _delta(self, transport: WSTransport, frame: WSFrame, epoch: int, seq: int, prev: int) -> None:
+        t, last = self.tally, self.last
+        if self.waiting or epoch != self.epoch:
+            return  # a snapshot comes first: the one asked for, or the new epoch's
+        if seq <= last:
+            t.regressions += 1
+            return
+        if prev != last:
+            t.gaps += 1
+            self._ask(transport)
+            return
+        if self.replica is not None:
+            verdict = self._replicated(self.replica.delta, frame)
+            if verdict == delta.WAITING:  # its snapshot failed its checksum (counted): the next one heals it
+                return
+            if verdict != delta.APPLIED:
+                if verdict == delta.MISMATCH:
+                    t.checksum_failures += 1
+                else:
+                    t.gaps += 1
+                self._ask(transport)
+                return
+        t.conflated += seq - prev - 1
+        self.last = seq
 
+    def _replicated(self, take: object, frame: WSFrame) -> str:
+        try:
+            return take(schema.decode(frame.get_payload_as_bytes()))  # type: ignore[operator, no-any-return]
+        except MessageError as exc:
+            self.tally.error(str(exc))
+            return delta.MISMATCH
 
-def worker_main(plan: WorkerPlan, conn: Connection) -> None:
-    """Entry of a worker process (multiprocessing target): run until the parent says stop."""
-    logging.basicConfig(level=logging.WARNING)
-
-    async def main() -> None:
-        await Worker(plan, conn).run()
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
-    conn.close()
+    def _ask(self, transport: WSTransport) -> None:
+        self.waiting = True
+        self.tally.resyncs += 1
+        transport.send(_TEXT, self._resync)

@@ -16,7 +16,8 @@ from marketdata.loadtest import latency
 
 # Counters a worker keeps from its start, added up over the workers as they are.
 SUMMED = ("attempted", "connected", "open", "connect_failures", "books", "others", "bytes",
-          "regressions", "conflated", "errors", "stale_notices")
+          "regressions", "conflated", "errors", "stale_notices", "deltas", "resyncs", "gaps", "checksum_failures",
+          "verifying")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class Plan:
     protocol: str = "single"
     processes: int = 0  # 0: one per core
     stalled: int = 0  # clients that stop reading after their first book (slow-consumer runs)
+    deltas: bool = False  # the clients ask for deltas and keep their books as real clients do
+    verify_every: int = 1  # with deltas: every Nth client also applies each and verifies its checksum (0: none)
 
 
 @dataclass(slots=True)
@@ -58,6 +61,11 @@ class Counts:
     max_ts: int = 0
     max_pts: int = 0
     per_client: list[int] = field(default_factory=list)  # books per reading socket (final report)
+    deltas: int = 0  # of the books: deltas (with Plan.deltas)
+    resyncs: int = 0  # snapshots asked for again after a gap or a checksum failure
+    gaps: int = 0  # deltas that did not start at the book held
+    checksum_failures: int = 0  # books or deltas whose levels did not give their checksum (verifying clients)
+    verifying: int = 0  # clients that apply and verify deltas
 
 
 @dataclass(slots=True, kw_only=True)
@@ -148,6 +156,9 @@ class Result:
             "regressions": t.regressions, "conflated": t.conflated,
             "errors": t.errors, "error_samples": t.error_samples, "stale_notices": t.stale_notices,
             "per_client_messages": {"min": clients[0], "median": clients[len(clients) // 2], "max": clients[-1]} if clients else None,
+            "bytes_per_message": round(t.bytes / t.books, 1) if t.books else None,
+            "deltas": {"messages": t.deltas, "snapshots": t.books - t.deltas, "resyncs": t.resyncs, "gaps": t.gaps,
+                       "checksum_failures": t.checksum_failures, "verifying_clients": t.verifying} if p.deltas else None,
             "load_generator": {
                 "processes": self.processes, "cpu_s": round(t.cpu, 3),
                 "cpu_us_per_message": round(self.cpu_us_per_message, 2),

@@ -73,7 +73,7 @@ class LiveView:
         p = self.plan
         path = {"single": "/ws/market_data/{id}", "multi": "/ws", "socketio": "socket.io"}[p.protocol]
         self.console.print(
-            f"[bold]marketdata loadtest[/]: {p.clients:,} clients ({p.protocol}, {path}) over {len(p.instruments)} "
+            f"[bold]marketdata loadtest[/]: {p.clients:,} clients ({p.protocol}, {path}{', deltas' if p.deltas else ''}) over {len(p.instruments)} "
             f"instrument(s) at {', '.join(p.urls)}; {p.warmup:g} s warm-up, then {p.duration:g} s measured"
         )
         if self.console.is_terminal:
@@ -139,6 +139,12 @@ def print_summary(result: Result, console: Console | None = None) -> None:
     style = "red" if t.regressions else "green"
     table.add_row("sequence", f"[{style}]{t.regressions:,} regressions (errors)[/]   {t.conflated:,} seqs skipped "
                               "(conflated by design, not loss)")
+    if p.deltas:
+        style = "red" if t.checksum_failures else "green"
+        table.add_row("deltas", f"{t.deltas:,} deltas and {t.books - t.deltas:,} snapshots, "
+                                f"{t.bytes / t.books if t.books else 0:,.0f} bytes a message   {t.resyncs:,} resyncs "
+                                f"({t.gaps:,} gaps)   [{style}]{t.checksum_failures:,} checksum failures[/] "
+                                f"({t.verifying:,} clients verifying)")
     table.add_row("errors", f"{t.errors:,} error messages, {t.stale_notices:,} feed-stale notices")
     table.add_row("load generator", f"{result.processes} processes, {result.cpu_us_per_message:.1f} µs CPU per message, "
                                     f"busiest at {t.busiest_cpu:.0%} of a core; ceiling ≈ {_n(result.ceiling)} msgs/s "

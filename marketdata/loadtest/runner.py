@@ -1,12 +1,14 @@
 """`marketdata loadtest`: many WebSocket clients against a bridge, measured.
 
 The parent process plans the sockets (spread round-robin over the instruments and
-the URLs), starts one worker process per core (marketdata.loadtest.generator) to open and read
+the URLs), starts one worker process per core (marketdata.loadtest.worker) to open and read
 them, waits until every socket is open, lets the warm-up pass, resets the workers'
 counters and measures for the duration. It shows live progress while it runs and a
 summary at the end (or one JSON object with --json). Its own cost is measured in
 the same run (CPU per message in the workers), so the summary can say when the load
-generator, not the server, was the limit.
+generator, not the server, was the limit. With --deltas the clients ask for deltas
+and apply and verify each one (marketdata.loadtest.generator.DeltaClient), counting
+resyncs and checksum failures.
 
 `measure()` is the API the fan-out benchmark (bench/fanout.py) calls.
 """
@@ -31,8 +33,9 @@ import orjson
 
 from marketdata.errors import MarketDataError
 from marketdata.loadtest import report as loadreport
-from marketdata.loadtest.generator import PROTOCOLS, Target, WorkerPlan, worker_main
+from marketdata.loadtest.generator import PROTOCOLS
 from marketdata.loadtest.measurement import Plan, Report, Result, Totals
+from marketdata.loadtest.worker import Target, WorkerPlan, worker_main
 from marketdata.settings import LoadtestSettings
 
 log = logging.getLogger(__name__)
@@ -61,10 +64,11 @@ def http_base(url: str) -> str:
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
-def socket_url(base: str, protocol: str, instrument: str) -> str:
+def socket_url(base: str, protocol: str, instrument: str, deltas: bool = False) -> str:
+    """The URL a client of `protocol` opens (a multiplexed one asks for deltas in its subscribe)."""
     ws = ws_base(base)
     if protocol == "single":
-        return f"{ws}/ws/market_data/{quote(instrument, safe='')}"
+        return f"{ws}/ws/market_data/{quote(instrument, safe='')}" + ("?deltas=1" if deltas else "")
     if protocol == "multi":
         return f"{ws}/ws"
     return f"{ws}/socket.io/?EIO=4&transport=websocket"
@@ -83,8 +87,7 @@ def fetch_instruments(url: str, timeout: float = 5.0) -> tuple[str, ...]:
     """The instrument ids a bridge lists at /api/instruments."""
     where = f"{http_base(url)}/api/instruments"
     try:
-        with urllib.request.urlopen(where, timeout=timeout) as response:
-            listed = orjson.loads(response.read())
+        listed = orjson.loads(instrument_list(url, timeout))
     except urllib.error.HTTPError as exc:
         raise LoadtestError(f"{where} answered HTTP {exc.code}; pass --instruments to skip the lookup") from None
     except (urllib.error.URLError, OSError) as exc:
@@ -96,6 +99,12 @@ def fetch_instruments(url: str, timeout: float = 5.0) -> tuple[str, ...]:
     if not ids:
         raise LoadtestError(f"{where} lists no instruments")
     return ids
+
+
+def instrument_list(url: str, timeout: float = 5.0) -> bytes:
+    """The instrument list as a bridge serves it at /api/instruments (JSON); raises urllib's errors."""
+    with urllib.request.urlopen(f"{http_base(url)}/api/instruments", timeout=timeout) as response:
+        return response.read()  # type: ignore[no-any-return]
 
 
 def raise_open_files(needed: int) -> str:
@@ -111,12 +120,15 @@ def raise_open_files(needed: int) -> str:
     return note
 
 
-def plan_workers(plan: Plan, processes: int) -> list[WorkerPlan]:
-    """Clients round-robin over instruments and URLs, then dealt to the workers in turn."""
+def plan_workers(plan: Plan, processes: int, reference: bytes = b"") -> list[WorkerPlan]:
+    """Clients round-robin over instruments and URLs, then dealt to the workers in turn.
+
+    `reference`: the instrument list, for clients that verify deltas.
+    """
     targets: list[list[Target]] = [[] for _ in range(processes)]
     stalled = [0] * processes
     for n in range(plan.clients):
-        url = socket_url(plan.urls[n % len(plan.urls)], plan.protocol, plan.instruments[n % len(plan.instruments)])
+        url = socket_url(plan.urls[n % len(plan.urls)], plan.protocol, plan.instruments[n % len(plan.instruments)], plan.deltas)
         w = n % processes
         target = Target(url, plan.instruments[n % len(plan.instruments)])
         if n < plan.stalled:
@@ -125,7 +137,8 @@ def plan_workers(plan: Plan, processes: int) -> list[WorkerPlan]:
             stalled[w] += 1
         else:
             targets[w].append(target)
-    return [WorkerPlan(i, plan.protocol, tuple(t), stalled=stalled[i]) for i, t in enumerate(targets) if t]
+    return [WorkerPlan(i, plan.protocol, tuple(t), stalled=stalled[i], deltas=plan.deltas, verify_every=plan.verify_every,
+                       reference=reference) for i, t in enumerate(targets) if t]
 
 
 # -- running ------------------------------------------------------------------
@@ -140,6 +153,14 @@ def measure(plan: Plan, progress: Progress | None = None) -> Result:
         raise ValueError(f"unknown protocol {plan.protocol!r}")
     if not plan.instruments or not plan.urls:
         raise ValueError("a plan needs at least one URL and one instrument")
+    if plan.deltas and plan.protocol == "socketio":
+        raise ValueError("deltas are the bridge's: protocol single or multi")
+    reference = b""
+    if plan.deltas and plan.verify_every:
+        try:
+            reference = instrument_list(plan.urls[0])
+        except (urllib.error.URLError, OSError) as exc:
+            raise LoadtestError(f"cannot read the instrument list of {plan.urls[0]} to verify deltas: {exc}") from None
     processes = min(plan.processes or os.cpu_count() or 1, plan.clients)
     note = raise_open_files(math.ceil(plan.clients / processes) + FILES_PER_WORKER)
     if note:
@@ -147,10 +168,10 @@ def measure(plan: Plan, progress: Progress | None = None) -> Result:
     # A fork server with the worker module preloaded: later workers start in milliseconds
     # (the fan-out benchmark starts hundreds), and no worker inherits the parent's threads.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["marketdata.loadtest.generator"])
+    ctx.set_forkserver_preload(["marketdata.loadtest.worker"])
     conns: list[Connection] = []
     procs = []
-    for wp in plan_workers(plan, processes):
+    for wp in plan_workers(plan, processes, reference):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=worker_main, args=(wp, child), name=f"loadgen-{wp.index}", daemon=True)
         proc.start()
@@ -234,7 +255,7 @@ def run(settings: LoadtestSettings) -> int:
     else:
         instruments = fetch_instruments(url)
     plan = Plan((url,), instruments, settings.clients, settings.duration, max(0.0, settings.warmup),
-                settings.mode, settings.processes)
+                settings.mode, settings.processes, deltas=settings.deltas)
     view = loadreport.LiveView(plan, quiet=settings.json)
     with view:
         result = measure(plan, view.update)
@@ -245,5 +266,8 @@ def run(settings: LoadtestSettings) -> int:
     if result.totals.regressions:
         print(f"marketdata loadtest: {result.totals.regressions} sequence regressions (seq going backwards or repeating)",
               file=sys.stderr)
+        return 1
+    if result.totals.checksum_failures:
+        print(f"marketdata loadtest: {result.totals.checksum_failures} books or deltas failed their checksum", file=sys.stderr)
         return 1
     return 0

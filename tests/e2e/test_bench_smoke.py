@@ -74,3 +74,21 @@ def test_quick_benchmark_runs_and_prints_the_machine_reference(script: str) -> N
     )
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
     assert "# machine reference: an empty `for` loop takes" in done.stdout, done.stdout
+
+
+def test_small_deltas_benchmark_compares_both_modes(tmp_path: Path) -> None:
+    out, chart = tmp_path / "deltas.json", tmp_path / "deltas.svg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_deltas", "--small", "--depths", "25", "--out", str(out), "--chart", str(chart)],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    modes = {p["mode"]: p for p in data["points"]}
+    assert set(modes) == {"snapshots", "deltas"} and all(p["delivered_per_s"] > 0 for p in modes.values()), data["points"]
+    d = modes["deltas"]["deltas"]
+    assert d["messages"] > 0 and d["checksum_failures"] == 0 and d["gaps"] == 0 and d["verifying_clients"] > 0, d
+    assert modes["deltas"]["bytes_per_message"] < modes["snapshots"]["bytes_per_message"]
+    assert data["summary"]["25"]["by_rate"] and data["reference_ns"] > 0 and data["loadavg_start"]
+    assert chart.read_text().lstrip().startswith(("<?xml", "<!--", "<svg"))

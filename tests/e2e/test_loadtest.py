@@ -57,3 +57,21 @@ def test_unreachable_url_is_one_line_and_exit_1(extra: list[str]) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("marketdata loadtest: cannot reach"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["single", "multi"])
+def test_loadtest_with_deltas_applies_and_verifies_them(pipeline: Pipeline, mode: str) -> None:
+    proc = loadtest("--url", pipeline.url, "--clients", "6", "--duration", "2", "--warmup", "0.5", "--processes", "2",
+                    "--mode", mode, "--deltas", "--json")
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr}\n{pipeline.logs()}"
+    report = json.loads(proc.stdout)
+    deltas = report["deltas"]
+    assert deltas["verifying_clients"] == 6 and deltas["checksum_failures"] == 0 and deltas["gaps"] == 0, deltas
+    assert deltas["messages"] > 0.8 * report["messages"], "after the first snapshot nearly everything is a delta"
+    assert report["regressions"] == 0 and report["errors"] == 0, report["error_samples"]
+    assert report["bytes_per_message"] < 600, "a delta is a fraction of a 25-level snapshot"
+    if mode == "multi":
+        return
+    summary = loadtest("--url", pipeline.url, "--clients", "2", "--duration", "1", "--warmup", "0.3", "--processes", "1",
+                       "--deltas")
+    assert summary.returncode == 0 and "checksum failures" in summary.stdout and "resyncs" in summary.stdout, summary.stdout

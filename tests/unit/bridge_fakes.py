@@ -34,6 +34,8 @@ class Sink:
 
     books: list[tuple[bytes, int]] = field(default_factory=list)
     trades: list[tuple[bytes, int]] = field(default_factory=list)
+    deltas: list[tuple[bytes, int, int]] = field(default_factory=list)  # (key, prev_seq, seq)
+    resyncs: list[tuple[bytes, int | None]] = field(default_factory=list)  # (key, seq of the snapshot given)
     got: list[Message] = field(default_factory=list)  # books and trades as handed over, in order
     feeds: list[dict[str, object]] = field(default_factory=list)
     forgotten: list[bytes] = field(default_factory=list)
@@ -44,6 +46,13 @@ class Sink:
     def offer(self, key: bytes, msg: Message) -> None:
         self.books.append((key, msg.seq))
         self.got.append(msg)
+
+    def offer_delta(self, key: bytes, msg: Message) -> None:
+        self.deltas.append((key, msg.prev_seq, msg.seq))
+        self.got.append(msg)
+
+    def resync(self, key: bytes, latest: Message | None) -> None:
+        self.resyncs.append((key, None if latest is None else latest.seq))
 
     def offer_trade(self, key: bytes, msg: Message) -> None:
         self.trades.append((key, msg.seq))

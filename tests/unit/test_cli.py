@@ -332,3 +332,11 @@ def test_sim_bad_universe_variable_exits_2(entry: list[tuple[str, Any]], monkeyp
     code, _, err = exits(capsys, "sim")
     assert code == 2 and err.count("\n") == 1 and "MD_UNIVERSE='0'" in err, err
     assert entry == []
+
+
+def test_loadtest_deltas(entry: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settings_of(entry, "loadtest").deltas is False
+    assert settings_of(entry, "loadtest", "--deltas").deltas is True
+    monkeypatch.setenv("MD_DELTAS", "1")
+    assert settings_of(entry, "loadtest").deltas is True
+    assert settings_of(entry, "loadtest", "--no-deltas").deltas is False

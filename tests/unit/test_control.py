@@ -63,3 +63,18 @@ def test_the_limit_answers() -> None:
     assert "at most 100 instruments" in message
     assert orjson.loads(control.error(control.TOO_MANY_INSTRUMENTS, message))["error"] == "too_many_instruments"
     assert len(control.RATE_LIMITED.encode()) <= 123  # fits a close reason
+
+
+def test_deltas_and_resync() -> None:
+    assert control.parse_request('{"op":"subscribe","instruments":["A"],"deltas":true}') == control.Subscribe(("A",), False, True)
+    assert control.parse_request('{"op":"subscribe","instruments":["A"]}').deltas is None  # type: ignore[union-attr]
+    assert control.parse_request('{"op":"resync","instruments":["A","A","B"]}') == control.Resync(("A", "B"))
+    with pytest.raises(control.RequestError, match="deltas"):
+        control.parse_request('{"op":"subscribe","instruments":["A"],"deltas":1}')
+    with pytest.raises(control.RequestError, match="instruments"):
+        control.parse_request('{"op":"resync"}')
+    assert [control.deltas(q) for q in (b"", b"deltas=1", b"batch_ms=16&deltas=true", b"deltas=0", b"deltas=1&deltas=0")] == [
+        False, True, True, False, False]
+    with pytest.raises(control.RequestError, match="deltas must be 1 or 0"):
+        control.deltas(b"deltas=yes")
+    assert control.not_subscribed(["X", "Y"]) == "not subscribed to 'X', 'Y'"

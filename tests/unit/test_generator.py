@@ -18,7 +18,8 @@ from marketdata import schema
 from marketdata.book import OrderBook
 from marketdata.instruments import DEFAULT_INSTRUMENTS
 from marketdata.loadtest import generator, latency
-from marketdata.loadtest.generator import Client, Tally, _reason, _since
+from marketdata.loadtest.generator import Client, Tally
+from marketdata.loadtest.worker import _reason, _since
 from marketdata.loadtest.measurement import Report
 
 BTC = DEFAULT_INSTRUMENTS[0]

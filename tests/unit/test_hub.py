@@ -208,3 +208,23 @@ async def test_verified_books_tell_the_sockets_the_feed_is_live_at_once(rig: Rig
     await async_wait_for(lambda: not sink.feeds[-1]["live"], what="stale again once books stop and no heartbeat")
     assert sink.feeds[-1]["reason"] == "no heartbeat from the ingestor"
     assert sink.seqs() == [5, 6]
+
+
+@pytest.mark.asyncio
+async def test_a_delta_socket_subscribes_the_delta_channel_with_no_fetch_and_resyncs(rig: Rig) -> None:
+    delta_channel = b"md:delta:BTC-USD"
+    await rig.redis.set(BOOK, snapshot(5))
+    plain, wants = Sink(), Sink()
+    rig.hub.want(plain, "BTC-USD")
+    rig.hub.want(wants, "BTC-USD", deltas=True)
+    await async_wait_for(lambda: rig.hub.subscriptions == 2, what="the book and delta subscriptions")
+    assert await subscribers(rig.redis, delta_channel) == 1
+    topic = rig.hub.topic(delta_channel)
+    assert topic is not None and topic.deltas and not topic.trades and topic.book_channel == BOOK
+    await async_wait_for(lambda: wants.books, what="the last value")
+    assert wants.books == plain.books == [(BOOK, 5)]
+    assert rig.hub.resync(wants, "BTC-USD") and wants.resyncs == [(BOOK, 5)]
+    assert not rig.hub.resync(wants, "ETH-USD"), "not subscribed to it"
+    rig.hub.want(wants, "BTC-USD", deltas=False)  # subscribed again without deltas
+    await async_wait_for(lambda: rig.hub.subscriptions == 1, what="the delta channel dropped")
+    assert BOOK not in wants.forgotten, "the books' slot stays"

@@ -172,3 +172,76 @@ async def test_a_batched_socket_sends_one_frame_per_interval_through_asgi() -> N
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
+
+
+def delta(seq: int, prev: int, epoch: int = 0, size: int = 100, cap: int = 950) -> Message:
+    body = b'{"v":1,"type":"delta","seq":%d,"prev_seq":%d,"pad":"' % (seq, prev)
+    payload = body + b"x" * max(0, size - len(body) - 2) + b'"}'
+    return Message(seq, payload, payload, 0.0, False, epoch, prev_seq=prev, cap=cap)
+
+
+@pytest.mark.asyncio
+async def test_deltas_go_only_on_top_of_the_book_the_socket_holds(running: Running) -> None:
+    send, stats, slot = running.send, running.stats, running.slot
+    slot.offer_delta(KEY, delta(1, 0))
+    await asyncio.sleep(0)
+    assert slot.pending == 0, "a socket holding no book cannot use a delta"
+    for m in (msg(1, epoch=3), delta(2, 1, epoch=3), delta(4, 3, epoch=3), delta(3, 2, epoch=1), delta(3, 2, epoch=3)):
+        if m.prev_seq < 0:
+            slot.offer(KEY, m)
+        else:
+            slot.offer_delta(KEY, m)
+        await running.drained()
+    slot.offer(KEY, msg(3, epoch=3))  # the snapshot read right after the delta that brought it: no news
+    slot.offer(KEY, msg(4, epoch=3))  # a snapshot whose delta did not come: taken
+    slot.offer_delta(KEY, delta(5, 4, epoch=3))
+    await running.drained()
+    assert send.seqs() == [1, 2, 3, 4, 5]
+    assert stats.stale == 0
+
+
+@pytest.mark.asyncio
+async def test_a_slow_reader_gets_the_snapshot_instead_of_deltas_that_outweigh_it(running: Running) -> None:
+    send, stats, slot = running.send, running.stats, running.slot
+    slot.offer(KEY, msg(1))
+    await running.drained()
+    send.gate.clear()
+    slot.offer_delta(KEY, delta(2, 1))
+    await running.blocked()  # the sender holds delta 2, stuck in its send
+    for seq in range(3, 12):  # 9 deltas of 100 bytes queue under the 950 of a snapshot
+        slot.offer_delta(KEY, delta(seq, seq - 1))
+        slot.offer(KEY, msg(seq))
+    assert slot.pending == 9 and stats.conflated == 0
+    slot.offer_delta(KEY, delta(12, 11))  # one more outweighs the snapshot: they all go
+    assert slot.pending == 0 and stats.conflated == 9
+    slot.offer_delta(KEY, delta(13, 12))
+    assert slot.pending == 0, "no delta until a snapshot"
+    slot.offer(KEY, msg(12))  # the snapshot read right after delta 12
+    slot.offer_delta(KEY, delta(13, 12))
+    send.gate.set()
+    await running.drained()
+    assert send.seqs() == [1, 2, 12, 13]
+
+
+@pytest.mark.asyncio
+async def test_resync_sends_the_newest_snapshot_at_once_but_never_one_behind_a_delta_given(running: Running) -> None:
+    send, slot = running.send, running.slot
+    slot.offer(KEY, msg(1))
+    slot.offer_delta(KEY, delta(2, 1))
+    await running.drained()
+    slot.resync(KEY, msg(2))
+    await running.drained()
+    assert send.seqs() == [1, 2, 2], "the snapshot of the book held goes again: the client asked"
+    slot.offer_delta(KEY, delta(3, 2))
+    await running.drained()
+    slot.resync(KEY, msg(2))  # delta 3 went out before its snapshot was read
+    await running.drained()
+    assert send.seqs() == [1, 2, 2, 3]
+    slot.offer_delta(KEY, delta(4, 3))
+    await running.drained()
+    assert send.seqs() == [1, 2, 2, 3], "no delta until the snapshot"
+    slot.offer(KEY, msg(3))
+    await running.drained()
+    assert send.seqs() == [1, 2, 2, 3, 3]
+    slot.resync(KEY, None)  # nothing forwarded yet: nothing to send
+    assert slot.pending == 0

@@ -273,3 +273,28 @@ def test_tally_counts_what_each_script_published_and_returns_the_refusals() -> N
     assert (stats.publishes, stats.trade_publishes, stats.drains) == (2, 45, 2)
     assert tally(commands, [refused] * 3, stats) == [refused] * 3
     assert stats.drains == 2, "a round trip that wrote nothing is not a drain"
+
+
+def test_a_drain_with_deltas_publishes_each_just_before_its_snapshot_in_one_script() -> None:
+    m, box = model(), queue()
+    box.apply([to_pb(m.snapshot("BTC-USD", 1)), to_pb(m.snapshot("ETH-USD", 1))], pts=1)
+    box.take(pts=2)
+    box.apply([to_pb(e) for e in m.generate("BTC-USD", 50, ts=2)], pts=3)
+    box.apply([to_pb(e) for e in m.generate("ETH-USD", 1, ts=3)], pts=3)
+    drain = box.take(pts=4)
+    assert [k for k, _ in drain.books] == [b"md:book:BTC-USD", b"md:book:ETH-USD"]
+    assert [d[0] for d in drain.deltas if d] == [b"md:delta:BTC-USD", b"md:delta:ETH-USD"]
+    btc = schema.decode(drain.deltas[0][1])  # type: ignore[index]
+    assert btc["prev_seq"] == 0 and btc["seq"] == m.book("BTC-USD").seq and btc["checksum"] == m.book("BTC-USD").checksum()
+    assert btc["bids"] or btc["asks"], "50 events changed some level"
+    eth = schema.decode(drain.deltas[1][1])  # type: ignore[index]
+    assert (eth["seq"], eth["prev_seq"]) == (1, 0)
+    command = drain_commands(drain, b"md:instruments", history=3, fence=LEASE)[0]  # the list went out before
+    channels = [d[0] for d in drain.deltas if d]
+    payloads = [d[1] for d in drain.deltas if d]
+    assert command[2:] == (b"3", LEASE.key, b"md:book:BTC-USD", b"md:book:ETH-USD", LEASE.value,
+                           *(p for _, p in drain.books), *channels, *payloads)
+    assert command[1].startswith(FENCE) and b"PUBLISH', ARGV[i + n]" in command[1]
+    stats = IngestStats()
+    tally([command], [2], stats)
+    assert (stats.publishes, stats.delta_publishes) == (2, 2)

@@ -21,6 +21,15 @@ def test_socket_urls_per_protocol() -> None:
     assert socket_url("ws://h:1", "multi", "BTC-USD") == "ws://h:1/ws"
     assert socket_url("http://h:1", "socketio", "BTC-USD") == "ws://h:1/socket.io/?EIO=4&transport=websocket"
     assert ws_base("https://h:1/x/") == "wss://h:1/x" and http_base("wss://h:1/x/") == "https://h:1/x"
+    assert socket_url("http://h:8000/", "single", "BTC-USD", deltas=True) == "ws://h:8000/ws/market_data/BTC-USD?deltas=1"
+    assert socket_url("ws://h:1", "multi", "BTC-USD", deltas=True) == "ws://h:1/ws", "the subscribe asks for them"
+
+
+def test_delta_plans_reach_the_workers() -> None:
+    plan = Plan(("http://a:1",), ("X",), clients=4, duration=1.0, deltas=True, verify_every=3)
+    workers = plan_workers(plan, 2, b"[]")
+    assert all(w.deltas and w.verify_every == 3 and w.reference == b"[]" for w in workers)
+    assert workers[0].targets[0].url == "ws://a:1/ws/market_data/X?deltas=1"
 
 
 def test_clients_round_robin_over_instruments_and_urls_then_workers() -> None:

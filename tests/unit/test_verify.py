@@ -7,7 +7,18 @@ import random
 import orjson
 import pytest
 
-from bridge.verify import CHANNEL, CHECKSUM, MALFORMED, REASONS, Rejected, verify_book, verify_trade
+from bridge.verify import (
+    CHANNEL,
+    CHECKSUM,
+    MALFORMED,
+    REASONS,
+    Rejected,
+    apply_delta,
+    checked_book,
+    verify_book,
+    verify_delta,
+    verify_trade,
+)
 from marketdata import schema
 from marketdata.book import OrderBook
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument
@@ -74,3 +85,31 @@ def test_the_checksum_of_a_decoded_book_is_the_books(inst: Instrument) -> None:
 def test_verify_is_pure() -> None:
     bad = sorted(loaded_roots("bridge.verify") & set(FORBIDDEN))
     assert not bad, f"bridge.verify loads {', '.join(bad)}: the check must stay free of I/O"
+
+
+# The README's example delta, which applies to the example snapshot above.
+README_DELTA = (
+    b'{"v":1,"type":"delta","instrument":"BTC-USD","epoch":1764049990000000,"seq":1043,"prev_seq":1042,'
+    b'"ts":1764050000123990,"pts":1764050000124101,"bids":[[64999.9,0.0],[64999.7,0.8]],"asks":[[65000.0,0.1]],'
+    b'"checksum":1207910327}'
+)
+
+
+def test_the_readme_delta_applies_to_the_readme_book_and_a_forged_one_does_not() -> None:
+    base = checked_book(README_BOOK, "BTC-USD", BTC)
+    d = verify_delta(README_DELTA, "BTC-USD", BTC, base)
+    assert d is not None and (d.epoch, d.seq, d.prev_seq) == (1764049990000000, 1043, 1042)
+    after = apply_delta(base, d, BTC)
+    assert [list(x) for x in after.bids] == [[64999.8, 1.2], [64999.7, 0.8]]
+    assert [list(x) for x in after.asks] == [[65000.0, 0.1], [65000.1, 0.9]]
+    assert verify_delta(README_DELTA.replace(b'"prev_seq":1042', b'"prev_seq":1041'), "BTC-USD", BTC, base) is None
+    assert verify_delta(README_DELTA, "BTC-USD", BTC, None) is None
+    for forged, reason in ((README_DELTA.replace(b"1207910327", b"1207910328"), CHECKSUM),
+                           (README_DELTA.replace(b'"asks":[[', b'"asks":[["x",'), MALFORMED),
+                           (README_DELTA.replace(b"BTC-USD", b"ETH-USD"), CHANNEL),
+                           (README_BOOK, CHANNEL)):
+        with pytest.raises(Rejected) as caught:
+            verify_delta(forged, "BTC-USD", BTC, base)
+        assert caught.value.reason == reason, forged
+    with pytest.raises(Rejected):
+        verify_delta(README_DELTA, "BTC-USD", None, base)

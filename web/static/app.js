@@ -15,6 +15,8 @@ const BATCH_MS = (() => {
   const asked = new URLSearchParams(location.search).get("batch");
   return asked !== null && /^\d{1,4}$/.test(asked) && Number(asked) <= 1000 ? Number(asked) : 16;
 })();
+// Deltas after the first snapshot of each book (see panel.js); `?deltas=0` turns them off.
+const DELTAS = new URLSearchParams(location.search).get("deltas") !== "0";
 
 const $ = (id) => document.getElementById(id);
 const grid = $("panels");
@@ -36,8 +38,9 @@ let feedLive = { live: true, since: 0, reason: "" }; // the bridge's last `feed`
 let downSince = 0; // wall ms the socket went down (0: up, or never up yet)
 let everOpen = false;
 
-const feed = new Feed(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?batch_ms=${BATCH_MS}`, {
+const feed = new Feed(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws?batch_ms=${BATCH_MS}${DELTAS ? "&deltas=1" : ""}`, {
   onBook,
+  onDelta,
   onMessage,
   onState: onFeedState,
 });
@@ -47,6 +50,11 @@ const feed = new Feed(`${location.protocol === "https:" ? "wss:" : "ws:"}//${loc
 function onBook(instrument, book, head) {
   const panel = panels.get(instrument);
   if (panel) panel.onBook(book, head);
+}
+
+function onDelta(msg) {
+  const panel = panels.get(msg.instrument);
+  if (panel) panel.onDelta(msg);
 }
 
 function onMessage(msg) {
@@ -181,9 +189,13 @@ function writeUrl() {
 }
 
 function makePanel(id) {
-  const panel = new Panel(id, instruments.get(id) || null, { onRemove: removeInstrument });
+  const panel = new Panel(id, instruments.get(id) || null, { onRemove: removeInstrument, onResync, deltas: DELTAS });
   panels.set(id, panel);
   return panel;
+}
+
+function onResync(id) {
+  feed.resync([id]);
 }
 
 function replacePanel(id) {

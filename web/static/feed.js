@@ -3,7 +3,9 @@
 // and notices a dead connection (no message and no pong) without waiting for TCP.
 // The page asks the bridge for batches (/ws?batch_ms=16): one frame per display
 // frame at most, whatever the feed's rate, since each message event costs the page
-// more than the JSON in it. Without batch_ms every message is its own frame.
+// more than the JSON in it. Without batch_ms every message is its own frame. With
+// deltas (/ws?deltas=1) a panel that finds a gap or a wrong checksum asks for the
+// snapshot again (`resync`); the asks of one moment go out in one frame.
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_CAP_MS = 10000;
@@ -53,13 +55,14 @@ export function backoffDelay(attempt, random = Math.random) {
 export class Feed {
   /**
    * onBook(instrument, text, head) gets each book message unparsed with its routing
-   * fields ({seq, ts, pts, epoch}, see peekBook), onMessage(msg)
-   * every other server message parsed; onState(feed) is called when `state`
-   * ("connecting", "open", "closed") or the retry schedule changes.
+   * fields ({seq, ts, pts, epoch}, see peekBook), onDelta(msg) each delta parsed,
+   * onMessage(msg) every other server message parsed; onState(feed) is called when
+   * `state` ("connecting", "open", "closed") or the retry schedule changes.
    */
-  constructor(url, { onBook, onMessage, onState }) {
+  constructor(url, { onBook, onDelta = () => {}, onMessage, onState }) {
     this.url = url;
     this.onBook = onBook;
+    this.onDelta = onDelta;
     this.onMessage = onMessage;
     this.onState = onState;
     this.wanted = new Set();
@@ -73,6 +76,7 @@ export class Feed {
     this._retryTimer = 0;
     this._connectTimer = 0;
     this._started = false;
+    this._resyncs = new Set(); // instruments to ask a snapshot of, sent at the end of this task
     setInterval(() => this._keepalive(), 1000);
     window.addEventListener("online", () => this.reconnectNow());
   }
@@ -98,6 +102,19 @@ export class Feed {
   unsubscribe(ids) {
     const gone = ids.filter((id) => this.wanted.delete(id));
     if (gone.length && this.state === "open") this._send("unsubscribe", gone);
+  }
+
+  /** Ask the bridge for the newest snapshot of `ids` again (after a gap or a checksum mismatch in a delta). */
+  resync(ids) {
+    const first = this._resyncs.size === 0;
+    for (const id of ids) if (this.wanted.has(id)) this._resyncs.add(id);
+    if (first && this._resyncs.size) {
+      queueMicrotask(() => {
+        const asked = [...this._resyncs];
+        this._resyncs.clear();
+        if (this.state === "open") this._send("resync", asked);
+      });
+    }
   }
 
   _send(op, ids) {
@@ -163,7 +180,8 @@ export class Feed {
 
   _dispatch(msg) {
     if (!msg || msg.type === "pong") return;
-    if (msg.type === "book") this.onBook(msg.instrument, msg, { seq: msg.seq, ts: msg.ts, pts: msg.pts, epoch: msg.epoch || 0 });
+    if (msg.type === "delta") this.onDelta(msg);
+    else if (msg.type === "book") this.onBook(msg.instrument, msg, { seq: msg.seq, ts: msg.ts, pts: msg.pts, epoch: msg.epoch || 0 });
     else this.onMessage(msg);
   }
 

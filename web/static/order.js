@@ -13,10 +13,13 @@ export class Order {
     this.retired = [];
   }
 
-  /** "next" (forward within the epoch), "reset" (a new epoch), or "" (drop it: not after what we have). */
-  accept(epoch, seq) {
+  /**
+   * "next" (forward within the epoch), "reset" (a new epoch), or "" (drop it: not after
+   * what we have). With `again`, the seq held is welcome again (the answer to a resync).
+   */
+  accept(epoch, seq, again = false) {
     if (epoch === this.epoch) {
-      if (!(seq > this.seq)) return "";
+      if (!(seq > this.seq || (again && seq === this.seq))) return "";
       this.seq = seq;
       return "next";
     }

@@ -5,13 +5,15 @@
 // renders each dirty panel once: every panel's DOM writes first, then every
 // canvas. Nothing reads layout while rendering; sizes come from a ResizeObserver.
 // A book goes on only if it is after the one held in (epoch, seq) order
-// (order.js): never a lower seq within an epoch; a new epoch replaces the book.
+// (held.js): never a lower seq within an epoch; a new epoch replaces the book. With
+// deltas, each is applied and verified as it comes (held.js); a gap or a mismatch
+// asks for the snapshot again, and the panel counts those resyncs in its stats.
 import { charsIn } from "./columns.js";
 import { ago, clock } from "./clock.js";
 import { el, setText } from "./dom.js";
 import { DepthChart } from "./depth.js";
+import { HeldBook } from "./held.js";
 import { Ladder } from "./ladder.js";
-import { Order } from "./order.js";
 import { Trades } from "./trades.js";
 
 const QUIET_MS = 5000; // no book for this long: the panel says it is stale
@@ -85,28 +87,22 @@ export function setChartColors(colors) {
   chartColors = colors;
 }
 
-function parse(text) {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return null; // the bridge forwards what the ingestor wrote; this does not happen
-  }
-}
-
 let nextId = 0;
 
 // -- the panel -----------------------------------------------------------------------
 
 export class Panel {
-  /** `inst` is an Instrument, or null when the server does not list `id`. */
-  constructor(id, inst, { onRemove }) {
+  /**
+   * `inst` is an Instrument, or null when the server does not list `id`; `onResync(id)`
+   * asks the bridge for the newest snapshot again; `deltas`: the socket gets deltas.
+   */
+  constructor(id, inst, { onRemove, onResync = () => {}, deltas = false }) {
     this.id = id;
     this.inst = inst;
     this.uid = `p${nextId++}`;
-    this.book = null; // newest book received
+    this.held = new HeldBook(inst, () => onResync(id)); // newest book received
+    this.deltas = deltas;
     this.shown = null; // book on screen
-    this.order = new Order(); // (epoch, seq) of the newest book received
-    this.staleBooks = 0; // books dropped for not being after the newest
     this.lastBookAt = 0; // wall ms
     this.createdAt = Date.now();
     this.count = 0; // books this second
@@ -179,8 +175,14 @@ export class Panel {
     this.sLatPts = stat("Latency publ.");
     this.sLatTs.box.title = "exchange time (ts) to this browser, mean over the last second";
     this.sLatPts.box.title = "publish time at the ingestor (pts) to this browser, mean over the last second";
+    this.sResyncs = stat("Resyncs");
+    this.sResyncs.box.title = this.deltas
+      ? "snapshots asked for again after a gap or a checksum mismatch in a delta"
+      : "deltas are off (?deltas=0): every update is a whole snapshot";
     const stats = el("dl", "stats");
-    for (const s of [this.sBid, this.sAsk, this.sSpread, this.sMid, this.sUps, this.sLatTs, this.sLatPts]) stats.append(s.box);
+    for (const s of [this.sBid, this.sAsk, this.sSpread, this.sMid, this.sUps, this.sLatTs, this.sLatPts, this.sResyncs]) {
+      stats.append(s.box);
+    }
 
     this.ladder = new Ladder(this.id);
     this.trades = new Trades(this.id);
@@ -243,16 +245,23 @@ export class Panel {
   /** `book` is the message text (parsed only if it is shown) or an object; `head` its {seq, ts, pts, epoch}. */
   onBook(book, head) {
     if (!this.inst) return;
-    const step = this.order.accept(head.epoch, head.seq);
-    if (!step) {
-      this.staleBooks++;
-      return;
-    }
+    const step = this.held.snapshot(book, head);
+    if (!step) return;
     // A new epoch is another run of the market: its book replaces the old one, so the
     // ladder writes every row afresh instead of flashing the differences.
     if (step === "reset") this.shown = null;
-    const { ts, pts } = head;
-    this.book = book;
+    this._took(head.ts, head.pts);
+  }
+
+  /** A delta (parsed): applied to the book held, verified, or a resync asked (held.js). */
+  onDelta(delta) {
+    if (!this.inst) return;
+    const resyncs = this.held.resyncs;
+    if (this.held.delta(delta)) this._took(delta.ts, delta.pts);
+    if (this.held.resyncs !== resyncs) this.statsDirty = true;
+  }
+
+  _took(ts, pts) {
     this.lastBookAt = Date.now();
     const nowUs = this.lastBookAt * 1000;
     this.count++;
@@ -273,6 +282,7 @@ export class Panel {
   /** Called about twice a second: rates, latency means, and whether the panel is stale. */
   tick(global, closeSecond) {
     if (!this.inst) return;
+    this.held.tick(performance.now());
     if (closeSecond) {
       this.ups = this.count;
       if (this.count) {
@@ -301,8 +311,7 @@ export class Panel {
   render(now) {
     if (!this.inst) return;
     let flashing = false;
-    if (typeof this.book === "string") this.book = parse(this.book);
-    const book = this.book;
+    const book = this.held.book && this.held.parsed();
     if (book && book !== this.shown) {
       this._renderBook(book, this.shown, now);
       this.shown = book;
@@ -334,6 +343,12 @@ export class Panel {
     setText(this.sUps.text, String(this.ups));
     setText(this.sLatTs.text, Number.isNaN(this.latTs) ? "–" : `${this.latTs.toFixed(1)} ms`);
     setText(this.sLatPts.text, Number.isNaN(this.latPts) ? "–" : `${this.latPts.toFixed(1)} ms`);
+    const held = this.held;
+    setText(this.sResyncs.text, this.deltas ? String(held.resyncs) : "off");
+    const data = this.root.dataset;
+    data.resyncs = held.resyncs;
+    data.mismatches = this.mismatches + held.mismatches;
+    data.deltas = held.applied;
     const state = this.stale ? "stale" : this.shown ? "live" : "waiting";
     if (state !== this.state) this.root.dataset.state = this.state = state;
     setText(this.statusText, this.stale ? this.stale.text : this.shown ? "" : "Waiting for the first book…");
@@ -364,9 +379,10 @@ export class Panel {
       this.ladder.setSpread("spread –");
     }
 
-    const computed = inst.checksum(asks, bids);
-    const ok = computed === book.checksum;
-    if (!ok) this.mismatches++;
+    // A book made by a delta was verified when the delta was applied (held.js); a snapshot is verified here.
+    const computed = book.verified === undefined ? inst.checksum(asks, bids) : null;
+    const ok = computed === null ? book.verified : computed === book.checksum;
+    if (!ok && computed !== null) this.mismatches++;
     const verdict = ok ? "ok" : "bad";
     if (this.badge.dataset.verified !== verdict) {
       this.badge.dataset.verified = verdict;
@@ -374,7 +390,7 @@ export class Panel {
     }
     this.badge.title = ok
       ? `CRC32 ${book.checksum} matches the book at seq ${book.seq}, computed in this browser`
-      : `book at seq ${book.seq}: computed ${computed}, message says ${book.checksum} (${this.mismatches} mismatches so far)`;
+      : `book at seq ${book.seq}: ${computed === null ? "its delta gives another book than" : `computed ${computed},`} the message's ${book.checksum} (${this.mismatches + this.held.mismatches} mismatches so far)`;
     this.root.dataset.seq = book.seq;
     this.root.dataset.epoch = book.epoch || 0;
   }
