@@ -14,7 +14,7 @@ to anything: its epoch's snapshot is missing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from marketdata.book import BID, OrderBook
@@ -25,7 +25,25 @@ from marketdata.errors import (
     SequenceGap,
     UnknownInstrument,
 )
+from marketdata.instruments import Instrument
 from marketdata.v1 import market_data_pb2 as pb
+
+
+def listed_instruments(listed: Iterable[pb.Instrument]) -> dict[str, Instrument]:
+    """The simulator's ListInstruments answer as reference data, by id, in its order."""
+    return {
+        i.id: Instrument(i.id, i.kind, i.description, i.tick_size, i.lot_size, i.price_decimals, i.size_decimals)
+        for i in listed
+    }
+
+
+def select_instruments(listed: Iterable[pb.Instrument], wanted: Sequence[str]) -> list[Instrument]:
+    """The simulator's instruments, or those of `wanted` in that order; UnknownInstrument names one not listed."""
+    by_id = listed_instruments(listed)
+    missing = [w for w in wanted if w not in by_id]
+    if missing:
+        raise UnknownInstrument(missing[0])
+    return [by_id[w] for w in dict.fromkeys(wanted)] if wanted else list(by_id.values())
 
 
 @dataclass(slots=True)

@@ -45,7 +45,7 @@ from marketdata.client.ladder import (
     spread_bps,
 )
 from marketdata.errors import BookError, MarketDataError, StreamEnded, UnknownInstrument
-from marketdata.feed import Books
+from marketdata.feed import Books, listed_instruments
 from marketdata.instruments import Instrument
 from marketdata.settings import ClientSettings
 from marketdata.v1 import market_data_pb2 as pb
@@ -184,10 +184,7 @@ class Rates:
 
 def choose(listed: Iterable[pb.Instrument], wanted: Sequence[str], sim: str) -> list[Instrument]:
     """The simulator's instruments, restricted to `wanted` in the order given (all when empty)."""
-    by_id = {
-        i.id: Instrument(i.id, i.kind, i.description, i.tick_size, i.lot_size, i.price_decimals, i.size_decimals)
-        for i in listed
-    }
+    by_id = listed_instruments(listed)
     for name in wanted:
         if name not in by_id:
             raise NotListed(name, sim, list(by_id))

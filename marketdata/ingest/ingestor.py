@@ -38,7 +38,6 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Iterable
 
 import grpc
 import redis.asyncio as aredis
@@ -53,12 +52,16 @@ from marketdata.errors import (
     BookError,
     ChecksumMismatch,
     StreamEnded,
-    UnknownInstrument,
 )
+from marketdata.feed import select_instruments
 from marketdata.ingest.lease import Fence, Lease, Step, refusal
 from marketdata.ingest.metrics import Gauges, MetricsServer
-from marketdata.ingest.publish_queue import IngestStats, PublishQueue, drain_commands, tally
-from marketdata.instruments import Instrument
+from marketdata.ingest.publish_queue import (
+    IngestStats,
+    PublishQueue,
+    drain_commands,
+    tally,
+)
 from marketdata.logs import redact
 from marketdata.settings import IngestSettings
 from marketdata.v1 import market_data_pb2 as pb
@@ -69,20 +72,6 @@ log = logging.getLogger(__name__)
 REDIS_TIMEOUT = 5.0  # seconds a Redis round trip may take before the connection counts as lost
 _timeout = getattr(asyncio, "timeout", None) or (lambda _delay: contextlib.nullcontext())  # Python 3.10: unbounded
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-
-
-def select_instruments(listed: Iterable[pb.Instrument], wanted: tuple[str, ...]) -> list[Instrument]:
-    """The simulator's instruments, or those of `wanted` in that order; UnknownInstrument names one not listed."""
-    by_id = {
-        i.id: Instrument(i.id, i.kind, i.description, i.tick_size, i.lot_size, i.price_decimals, i.size_decimals)
-        for i in listed
-    }
-    if not wanted:
-        return list(by_id.values())
-    missing = [w for w in wanted if w not in by_id]
-    if missing:
-        raise UnknownInstrument(missing[0])
-    return [by_id[w] for w in dict.fromkeys(wanted)]
 
 
 class Ingestor:

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from marketdata import cli, schema
 from marketdata.errors import UnknownInstrument
-from marketdata.ingest.ingestor import select_instruments
+from marketdata.feed import select_instruments
 from marketdata.ingest.metrics import Gauges, registry
 from marketdata.ingest.publish_queue import IngestStats
 from marketdata.instruments import DEFAULT_INSTRUMENTS
