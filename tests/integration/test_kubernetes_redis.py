@@ -199,7 +199,8 @@ def test_the_compose_redis_service_starts_with_the_users_and_its_healthcheck_log
     script_path = next(v.split(":")[1] for v in service["volumes"] if "redis-acl.sh" in v)
     sh, dash_c, command = service["entrypoint"]
     port = free_port()
-    command = (command.replace(script_path, str(K8S / "redis-acl.sh")).replace("/tmp/", f"{tmp_path}/")
+    # /tmp/ before the script's path goes in: the checkout itself may live under /tmp (a fresh clone)
+    command = (command.replace("/tmp/", f"{tmp_path}/").replace(script_path, str(K8S / "redis-acl.sh"))
                .replace("exec valkey-server", f"exec {server_binary()} --port {port} --bind 127.0.0.1 --dir {tmp_path}"))
     server = LoggedProcess("compose redis", [sh, dash_c, command], tmp_path / "redis.log", env={**os.environ, **env})
     users = AclRedis(port, {u: passwords[f"REDIS_{u.upper()}_PASSWORD"] for u in USERS}, tmp_path / "users.acl")
