@@ -196,6 +196,9 @@ class Hub:
     def wanted(self) -> Collection[bytes]:
         return self._topics.keys()
 
+    def unprimed(self) -> Collection[bytes]:
+        return [c for c, topic in self._topics.items() if not topic.primed and not topic.deltas]
+
     def fetched_book(self, channel: bytes, payload: bytes | None) -> None:
         self._fanout.fetched_book(channel, payload)
 

@@ -31,6 +31,9 @@ class ChannelListener(Protocol):
     def wanted(self) -> Collection[bytes]:
         """The channels some local socket wants now."""
 
+    def unprimed(self) -> Collection[bytes]:
+        """Wanted book and trades channels whose last value was not fetched since their topic was made."""
+
     def deliver_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
         """(channel, payload) pairs as received, oldest first: everything that had arrived when the bus read."""
 
@@ -126,6 +129,8 @@ class Subscriptions:
             generation = self._generation
             drop = [c for c in self._subscribed if c not in wanted]
             add = [c for c in wanted if c not in self._subscribed]
+            # Left by its last socket and wanted again before this sync: still subscribed, its topic new.
+            again = [c for c in self._listener.unprimed() if c in self._subscribed and c not in drop]
             if drop:
                 await self._pubsub.unsubscribe(*drop)
                 self._subscribed.difference_update(drop)
@@ -140,6 +145,8 @@ class Subscriptions:
                 self._subscribed.update(add)
         if drop or add:
             log.debug("subscriptions: +%d -%d, now %d", len(add), len(drop), len(self._subscribed))
+        if again and generation == self._generation:
+            await self._fetch(again)
         if not add:
             return
         try:

@@ -31,6 +31,9 @@ class Listener:
     def wanted(self) -> Collection[bytes]:
         return self.channels
 
+    def unprimed(self) -> Collection[bytes]:
+        return []
+
     def deliver_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
         pass
 

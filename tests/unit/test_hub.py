@@ -228,3 +228,18 @@ async def test_a_delta_socket_subscribes_the_delta_channel_with_no_fetch_and_res
     rig.hub.want(wants, "BTC-USD", deltas=False)  # subscribed again without deltas
     await async_wait_for(lambda: rig.hub.subscriptions == 1, what="the delta channel dropped")
     assert BOOK not in wants.forgotten, "the books' slot stays"
+
+
+@pytest.mark.asyncio
+async def test_a_channel_left_and_joined_again_before_the_subscriptions_follow_gets_its_last_value(rig: Rig) -> None:
+    await rig.redis.set(BOOK, snapshot(5))
+    first = Sink()
+    rig.hub.want(first, "BTC-USD")
+    await async_wait_for(lambda: first.books, what="the last value")
+    again = Sink()
+    rig.hub.unwant(first, "BTC-USD")  # the last socket leaves (a page reloads) and a new one comes,
+    rig.hub.want(again, "BTC-USD")  # both before the subscriptions follow: the channel stays subscribed
+    await async_wait_for(lambda: again.books, what="the last value for the topic made again")
+    assert again.books == [(BOOK, 5)]
+    await publish(rig.redis, snapshot(6))
+    await async_wait_for(lambda: len(again.books) == 2, what="the live book")

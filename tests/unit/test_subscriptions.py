@@ -28,6 +28,9 @@ class Listener:
     def wanted(self) -> Collection[bytes]:
         return self.channels
 
+    def unprimed(self) -> Collection[bytes]:
+        return []
+
     def deliver_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
         self.batches.append(batch)
 
