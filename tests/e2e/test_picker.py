@@ -14,6 +14,7 @@ import pytest
 
 from marketdata.instruments import Instrument, universe
 from tests.e2e.browser import Pipeline
+from tests.support import wait_for
 
 # The browser, the page helper and its fixture are the dashboard tests'; `dash` starts
 # on this module's pipeline, the 1,000-instrument one below.
@@ -56,7 +57,8 @@ def _matches(inst: Instrument, text: str) -> bool:
 
 
 def test_the_bridge_lists_the_whole_universe(pipeline: Pipeline) -> None:
-    listed = pipeline.instruments()
+    # The list is published by the ingestor once it has subscribed; the bridge serves what it read last.
+    listed = wait_for(lambda: pipeline.instruments() or None, timeout=30, what="the bridge to list the instruments")
     assert [i["id"] for i in listed] == [i.id for i in UNIVERSE]
     assert {i["kind"] for i in listed} == {"crypto", "equity", "fx", "future"}
 
