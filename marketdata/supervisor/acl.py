@@ -67,7 +67,7 @@ def rules(role: str, prefix: str = "md") -> tuple[str, ...]:
     keys = f"~{prefix}:*" if role == "ingest" else f"%R~{prefix}:*"
     channels = [f"&{prefix}:*"]
     if role == "inspect":  # PSUBSCRIBE patterns must equal an allowed pattern, not match it
-        channels += [f"&{prefix}:book:*", f"&{prefix}:trades:*"]
+        channels += [f"&{prefix}:book:*", f"&{prefix}:delta:*", f"&{prefix}:trades:*"]
     return ("resetkeys", "resetchannels", keys, *channels, *_CONNECT, *_COMMANDS[role])
 
 
