@@ -64,6 +64,13 @@ def universe_size(text: str) -> int:
     return n
 
 
+def cluster_size(text: str) -> int:
+    n = int(text)
+    if n != 0 and n < 3:
+        raise ValueError(f"{n} primaries cannot elect a replica when one dies: use 0 (one server) or at least 3")
+    return n
+
+
 def positive_float(text: str) -> float:
     x = float(text)
     if not (x > 0 and math.isfinite(x)):
@@ -216,6 +223,7 @@ def build_parser() -> _Parser:
     p.opt("--host", "MD_BRIDGE_HOST", str, "interface the bridges listen on")
     p.opt("--port", "MD_BRIDGE_PORT", port, "port of the first bridge; the others count upward")
     p.opt("--redis-url", "MD_REDIS_URL", redis_url, "use this Redis instead of starting the embedded one")
+    p.opt("--redis-cluster", "MD_REDIS_CLUSTER", cluster_size, "start an embedded Redis Cluster of this many primaries (at least 3), each with one replica, instead of one server (0: one server); with --redis-url: that URL names a node of a cluster")
     p.opt("--sim-port", "MD_SIM_PORT", port, "port of the simulator's gRPC server")
     p.opt("--rate", "MD_RATE", positive_float, "simulator events per second per instrument")
     p.opt("--seed", "MD_SEED", int, "simulator seed (same seed, same market)")
@@ -239,6 +247,7 @@ def build_parser() -> _Parser:
     p = sub.add_parser("ingest", help="rebuild books from the simulator and publish them to Redis", description="Subscribe to the simulator, verify every book, publish snapshots to Redis pub/sub with a last-value key.", settings=IngestSettings)
     p.opt("--sim", "MD_SIM", address, "simulator address host:port")
     p.opt("--redis-url", "MD_REDIS_URL", redis_url, "Redis to publish to")
+    p.flag("--redis-cluster", "MD_REDIS_CLUSTER", "--redis-url names any node of a Redis Cluster: names carry hash tags (md:book:{BTC-USD}), writes go out grouped by slot with SPUBLISH")
     p.opt("--depth", "MD_DEPTH", positive_int, "levels per side in each published snapshot (at least 10)")
     p.opt("--prefix", "MD_PREFIX", str, "prefix of every Redis key and channel")
     p.opt("--instruments", "MD_INSTRUMENTS", id_list, "comma list of instruments to ingest (default: all the simulator lists)")
@@ -254,6 +263,7 @@ def build_parser() -> _Parser:
     p.opt("--host", "MD_BRIDGE_HOST", str, "interface to listen on (0.0.0.0 for every interface)")
     p.opt("--port", "MD_BRIDGE_PORT", port, "port to listen on")
     p.opt("--redis-url", "MD_REDIS_URL", redis_url, "Redis to subscribe to")
+    p.flag("--redis-cluster", "MD_REDIS_CLUSTER", "--redis-url names any node of a Redis Cluster: SSUBSCRIBE each channel on the shard that owns it, following slot moves and failovers")
     p.opt("--prefix", "MD_PREFIX", str, "prefix of every Redis key and channel")
     p.opt("--allowed-origins", "MD_ALLOWED_ORIGINS", id_list, "comma list of browser origins allowed to open WebSockets ('*': any; default: same origin)")
     p.opt("--send-timeout", "MD_SEND_TIMEOUT", positive_float, "seconds a socket may stay stuck in one send before it is closed")

@@ -27,6 +27,7 @@ import orjson
 from marketdata.book import BID, CHECKSUM_DEPTH, Level, OrderBook, checksum
 from marketdata.errors import MessageError
 from marketdata.instruments import Instrument
+from marketdata.slots import slot_tag
 
 VERSION = 1
 DEFAULT_PREFIX = "md"
@@ -37,21 +38,33 @@ MAX_MESSAGE_BYTES = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Every Redis name the system uses, under one configurable prefix."""
+    """Every Redis name the system uses, under one configurable prefix.
+
+    With `cluster` (Redis Cluster), each instrument's channels and keys carry its id
+    as a hash tag (`md:book:{BTC-USD}`), so that they share one slot and one script
+    can write them all; the lease, its token and the heartbeat share the `{leader}`
+    slot for the same reason; the instrument list keeps its name (a slot of its own);
+    each slot the ingestor writes has a fence key (`fence`). Without it the names are
+    the single-server ones, unchanged (`md:book:BTC-USD`).
+    """
 
     prefix: str = DEFAULT_PREFIX
+    cluster: bool = False
+
+    def _instrument(self, kind: str, instrument: str) -> str:
+        return f"{self.prefix}:{kind}:{{{instrument}}}" if self.cluster else f"{self.prefix}:{kind}:{instrument}"
 
     def book(self, instrument: str) -> str:
         """Channel carrying every snapshot, and key holding the latest one."""
-        return f"{self.prefix}:book:{instrument}"
+        return self._instrument("book", instrument)
 
     def trades(self, instrument: str) -> str:
         """Channel carrying every trade, and key of a list of the recent ones (newest first)."""
-        return f"{self.prefix}:trades:{instrument}"
+        return self._instrument("trades", instrument)
 
     def deltas(self, instrument: str) -> str:
         """Channel carrying the delta from each published book to the next (no key: deltas have no last value)."""
-        return f"{self.prefix}:delta:{instrument}"
+        return self._instrument("delta", instrument)
 
     @property
     def book_pattern(self) -> str:
@@ -65,22 +78,26 @@ class Keys:
     @property
     def heartbeat(self) -> str:
         """Key the ingestor refreshes with a TTL while its feed is live."""
-        return f"{self.prefix}:heartbeat"
+        return f"{self.prefix}:{{leader}}:heartbeat" if self.cluster else f"{self.prefix}:heartbeat"
 
     @property
     def leader(self) -> str:
         """Key of the publishing lease: `TOKEN HOLDER` of the ingestor that publishes, with a TTL."""
-        return f"{self.prefix}:leader"
+        return f"{self.prefix}:{{leader}}" if self.cluster else f"{self.prefix}:leader"
 
     @property
     def leader_token(self) -> str:
         """Counter of lease acquisitions: the fencing token, which only grows."""
-        return f"{self.prefix}:leader:token"
+        return f"{self.prefix}:{{leader}}:token" if self.cluster else f"{self.prefix}:leader:token"
+
+    def fence(self, slot: int) -> str:
+        """Redis Cluster: the fence key of a slot, `TOKEN HOLDER` of the newest lease that wrote there."""
+        return f"{self.prefix}:fence:{{{slot_tag(slot)}}}"
 
     def instrument_of(self, channel: bytes | str) -> str:
         """The instrument id of a book or trades channel name."""
         name = channel.decode() if isinstance(channel, bytes) else channel
-        return name.rsplit(":", 1)[-1]
+        return name.rsplit(":", 1)[-1].removeprefix("{").removesuffix("}")
 
 
 def encode_book(inst: Instrument, book: OrderBook, depth: int, ts: int, pts: int, checksum: int) -> bytes:

@@ -32,6 +32,7 @@ class SimSettings:
 class IngestSettings:
     sim: str = "127.0.0.1:50051"
     redis_url: str = DEFAULT_REDIS_URL
+    redis_cluster: bool = False  # redis_url names a node of a Redis Cluster: hash-tagged names, SPUBLISH, writes grouped by slot
     depth: int = 25
     prefix: str = "md"
     instruments: tuple[str, ...] = ()  # empty: every instrument the simulator lists
@@ -48,6 +49,7 @@ class BridgeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str = DEFAULT_REDIS_URL
+    redis_cluster: bool = False  # redis_url names a node of a Redis Cluster: SSUBSCRIBE on each channel's shard
     prefix: str = "md"
     allowed_origins: tuple[str, ...] = ()  # empty: same origin only; "*": any
     send_timeout: float = 5.0  # a socket stuck this long in one send is closed (1008)
@@ -86,6 +88,7 @@ class UpSettings:
     ingestors: int = 2  # one leads and publishes, the others stand by with warm books
     universe: int = 8  # instruments the simulator lists
     redis_url: str | None = None  # None: start the embedded server
+    redis_cluster: int = 0  # 0: one embedded server; N: an embedded Redis Cluster of N primaries, each with a replica
     sim_port: int = 50051
     rate: float = 20.0
     seed: int = 1

@@ -42,11 +42,13 @@ channels="&${prefix}:*"
 # dangerous commands are taken away again after each grant of a category.
 connect="-@all +@connection -@dangerous"
 subscribe="+subscribe +ssubscribe +unsubscribe +sunsubscribe"
+# What a Redis Cluster client asks to find the shards (redis-py: CLUSTER SLOTS/SHARDS, COMMAND).
+cluster="+cluster|slots +cluster|shards +cluster|nodes +cluster|info +cluster|myid +command +readonly"
 
 lines() {
     echo "user default off resetpass nocommands resetkeys resetchannels"
-    echo "user ingest on #$(hash "$REDIS_INGEST_PASSWORD") resetkeys resetchannels $keys $channels $connect +get +set +del +incr +pexpire +pttl +lpush +ltrim +publish +spublish +eval +evalsha"
-    echo "user bridge on #$(hash "$REDIS_BRIDGE_PASSWORD") resetkeys resetchannels $read_keys $channels $connect +get +mget +lrange $subscribe"
+    echo "user ingest on #$(hash "$REDIS_INGEST_PASSWORD") resetkeys resetchannels $keys $channels $connect +get +set +del +incr +pexpire +pttl +lpush +ltrim +publish +spublish +eval +evalsha $cluster"
+    echo "user bridge on #$(hash "$REDIS_BRIDGE_PASSWORD") resetkeys resetchannels $read_keys $channels $connect +get +mget +lrange $subscribe $cluster"
     # PSUBSCRIBE patterns must equal an allowed channel pattern, not match it: hence the extra two
     echo "user inspect on #$(hash "$REDIS_INSPECT_PASSWORD") resetkeys resetchannels $read_keys $channels &${prefix}:book:* &${prefix}:delta:* &${prefix}:trades:* $connect +@read -@dangerous $subscribe +psubscribe +punsubscribe +pubsub|channels +pubsub|numsub +pubsub|shardchannels +pubsub|shardnumsub"
 }

@@ -65,8 +65,18 @@ class Subscriber:
     """One Subscribe stream: its instruments, its bounded queue of serialised batches."""
 
     __slots__ = (
-        "peer", "instruments", "wanted", "limit", "queue", "wake", "resync", "resyncs", "high_water", "sent", "_logged_at",
+        "_logged_at",
         "_logged_resyncs",
+        "high_water",
+        "instruments",
+        "limit",
+        "peer",
+        "queue",
+        "resync",
+        "resyncs",
+        "sent",
+        "wake",
+        "wanted",
     )  # fmt: skip
 
     def __init__(self, peer: str, instruments: tuple[str, ...], limit: int, wanted: frozenset[str] | None = None) -> None:
@@ -103,8 +113,7 @@ class Subscriber:
                 self._logged_resyncs = self.resyncs
         else:
             queue.append(data)
-            if len(queue) > self.high_water:
-                self.high_water = len(queue)
+            self.high_water = max(self.high_water, len(queue))
         self.wake.set()
 
 

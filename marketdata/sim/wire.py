@@ -47,7 +47,7 @@ class WireEncoder:
     repeat, are cached.
     """
 
-    __slots__ = ("_varints", "_heads")
+    __slots__ = ("_heads", "_varints")
 
     def __init__(self) -> None:
         self._varints: dict[int, bytes] = {}

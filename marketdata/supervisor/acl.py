@@ -11,6 +11,8 @@ holds the two equal).
              (GET, SET, DEL, INCR, PEXPIRE, PTTL, LPUSH, LTRIM, PUBLISH, SPUBLISH), run
              through EVAL/EVALSHA, which Redis 7 and Valkey check against the caller's rights
     bridge   reads under the prefix: (S)SUBSCRIBE and (S)UNSUBSCRIBE, GET, MGET, LRANGE
+    both     in a Redis Cluster, what a cluster client asks to find the shards (CLUSTER
+             SLOTS, SHARDS, NODES, INFO, MYID, COMMAND, READONLY)
     inspect  read-only, for people: every read command under the prefix, SCAN, and
              (P|S)SUBSCRIBE (PSUBSCRIBE patterns: PREFIX:*, PREFIX:book:*, PREFIX:trades:*)
     admin    everything; only the owner of an embedded server (`up`, the tests) uses it,
@@ -36,10 +38,12 @@ DEFAULT_OFF = "user default off resetpass nocommands resetkeys resetchannels"
 # each grant of a category.
 _CONNECT = ("-@all", "+@connection", "-@dangerous")
 _SUBSCRIBE = ("+subscribe", "+ssubscribe", "+unsubscribe", "+sunsubscribe")
+# What a Redis Cluster client asks to find the shards (redis-py: CLUSTER SLOTS/SHARDS, COMMAND).
+_CLUSTER = ("+cluster|slots", "+cluster|shards", "+cluster|nodes", "+cluster|info", "+cluster|myid", "+command", "+readonly")
 _COMMANDS: dict[str, tuple[str, ...]] = {
     "ingest": ("+get", "+set", "+del", "+incr", "+pexpire", "+pttl", "+lpush", "+ltrim",
-               "+publish", "+spublish", "+eval", "+evalsha"),
-    "bridge": ("+get", "+mget", "+lrange", *_SUBSCRIBE),
+               "+publish", "+spublish", "+eval", "+evalsha", *_CLUSTER),
+    "bridge": ("+get", "+mget", "+lrange", *_SUBSCRIBE, *_CLUSTER),
     "inspect": ("+@read", "-@dangerous", *_SUBSCRIBE, "+psubscribe", "+punsubscribe",
                 "+pubsub|channels", "+pubsub|numsub", "+pubsub|shardchannels", "+pubsub|shardnumsub"),
 }  # fmt: skip

@@ -65,7 +65,8 @@ class Child:
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "MD_REDIS_URL"}  # only the roles that use Redis get one
+        # Only the roles that use Redis get a URL, and whether it is a cluster is said by a flag.
+        env = {k: v for k, v in os.environ.items() if k not in ("MD_REDIS_URL", "MD_REDIS_CLUSTER")}
         self.proc = await processes.spawn_async(
             [sys.executable, "-m", "marketdata", *self.args],
             stdout=asyncio.subprocess.PIPE,

@@ -12,7 +12,7 @@ FORBIDDEN = ("grpc", "redis", "asyncio", "fastapi", "starlette", "uvicorn")
 PURE = [
     # the core
     "marketdata.book", "marketdata.feed", "marketdata.schema", "marketdata.instruments", "marketdata.errors",
-    "marketdata.settings", "marketdata.backoff", "marketdata.logs", "marketdata.clock", "marketdata.delta",
+    "marketdata.settings", "marketdata.backoff", "marketdata.logs", "marketdata.clock", "marketdata.delta", "marketdata.slots",
     # the roles' pure parts
     "marketdata.sim.model", "marketdata.sim.wire", "marketdata.ingest.publish_queue", "marketdata.client.ladder",
     "marketdata.loadtest.latency", "marketdata.loadtest.measurement", "marketdata.sim.schedule", "marketdata.ingest.lease",

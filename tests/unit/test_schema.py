@@ -13,6 +13,7 @@ from marketdata import schema
 from marketdata.book import ASK, BID, OrderBook
 from marketdata.errors import MessageError
 from marketdata.instruments import DEFAULT_INSTRUMENTS, Instrument, select
+from marketdata.slots import key_slot
 
 BTC, EUR, ES = select(["BTC-USD", "EUR-USD", "ES-DEC26"])
 
@@ -213,3 +214,16 @@ def test_schema_reads_the_instrument_list_and_heartbeat() -> None:
             schema.decode_instruments(bad)
     with pytest.raises(MessageError):
         schema.heartbeat_ts(b'{"ts":"soon"}')
+
+
+def test_cluster_names_put_each_instrument_on_one_slot_and_the_lease_on_its_own() -> None:
+    keys = schema.Keys(cluster=True)
+    assert keys.book("BTC-USD") == "md:book:{BTC-USD}"
+    assert keys.trades("BTC-USD") == "md:trades:{BTC-USD}" and keys.deltas("BTC-USD") == "md:delta:{BTC-USD}"
+    assert len({key_slot(name) for name in (keys.book("BTC-USD"), keys.trades("BTC-USD"), keys.deltas("BTC-USD"))}) == 1
+    assert (keys.leader, keys.leader_token, keys.heartbeat) == ("md:{leader}", "md:{leader}:token", "md:{leader}:heartbeat")
+    assert len({key_slot(keys.leader), key_slot(keys.leader_token), key_slot(keys.heartbeat)}) == 1
+    assert keys.instruments == "md:instruments"
+    assert key_slot(keys.fence(7386)) == 7386 and keys.fence(7386).startswith("md:fence:{")
+    assert keys.instrument_of(b"md:book:{ETH-USD}") == "ETH-USD"
+    assert schema.Keys().book("BTC-USD") == "md:book:BTC-USD"  # single-server names unchanged
