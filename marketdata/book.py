@@ -66,7 +66,7 @@ class OrderBook:
     proto's Event.epoch); 0 until a snapshot says otherwise. The checksum leaves it out.
     """
 
-    __slots__ = ("_ask_keys", "_asks", "_bid_keys", "_bids", "epoch", "instrument", "seq")
+    __slots__ = ("instrument", "seq", "epoch", "_bids", "_asks", "_bid_keys", "_ask_keys")
 
     def __init__(self, instrument: str, seq: int = 0, epoch: int = 0) -> None:
         self.instrument = instrument

@@ -112,7 +112,8 @@ _KINDS = ("crypto", "equity", "fx", "future")
 _KIND_WEIGHTS = (35, 40, 10, 15)  # shares of the generated instruments, while a kind has ids left
 
 _SYLLABLES = tuple(
-    ["ba", "be", "bi", "bo", "da", "de", "di", "do", "fa", "fe", "fi", "ga", "go", "ka", "ke", "ki", "ko", "la", "le", "li", "lo", "lu", "ma", "me", "mi", "mo", "na", "ne", "ni", "no", "pa", "pe", "po", "ra", "re", "ri", "ro", "sa", "se", "si", "so", "ta", "te", "ti", "to", "va", "ve", "vi", "vo", "xa", "za", "ze", "zo"]
+    "ba be bi bo da de di do fa fe fi ga go ka ke ki ko la le li lo lu ma me mi mo na ne ni no "
+    "pa pe po ra re ri ro sa se si so ta te ti to va ve vi vo xa za ze zo".split()
 )
 _CODAS = ("", "", "", "n", "r", "s", "x", "l", "k", "m")
 _COMPANY = ("Inc.", "Corp.", "Holdings", "Group", "Technologies", "Systems", "Therapeutics", "Energy", "Bancorp", "Labs")

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 class Throttled:
     """Logs through `logger` at most once every `every` seconds, counting the lines held back."""
 
-    __slots__ = ("_every", "_held", "_log", "_next")
+    __slots__ = ("_log", "_every", "_next", "_held")
 
     def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
         self._log = logger

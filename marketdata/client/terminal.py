@@ -32,7 +32,7 @@ from typing import IO
 # own (GOAWAY received and the like) over the user's terminal.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-import grpc
+import grpc  # noqa: E402
 import orjson
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -81,7 +81,7 @@ class Disagreement(MarketDataError):
 class Consumer:
     """The client's books: applies batches through feed.Books and remembers what was verified."""
 
-    __slots__ = ("_apply", "batches", "books", "epoch", "events", "instruments", "verified")
+    __slots__ = ("instruments", "books", "verified", "epoch", "events", "batches", "_apply")
 
     def __init__(self, instruments: Iterable[Instrument]) -> None:
         self.instruments: dict[str, Instrument] = {i.id: i for i in instruments}

@@ -24,8 +24,9 @@ def bucket(us: int) -> int:
     The load generator inlines this computation on its per-message path.
     """
     if us < LINEAR:
-        return max(0, us)
-    us = min(us, MAX_US)
+        return us if us > 0 else 0
+    if us > MAX_US:
+        us = MAX_US
     shift = us.bit_length() - (SUB_BITS + 1)
     return (shift << SUB_BITS) + (us >> shift)
 

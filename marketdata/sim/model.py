@@ -145,28 +145,9 @@ class _Flow:
     """
 
     __slots__ = (
-        "book",
-        "buys",
-        "cancel_cut",
-        "cancel_part",
-        "cancel_reach",
-        "decay",
-        "gap",
-        "high",
-        "id",
-        "lot",
-        "low",
-        "market_cut",
-        "max_depth",
-        "mid",
-        "min_depth",
-        "pending",
-        "rand",
-        "reach",
-        "sells",
-        "target_depth",
-        "top_up",
-        "walk",
+        "id", "book", "rand", "mid", "low", "high", "walk", "reach", "decay", "cancel_reach", "lot", "pending",
+        "min_depth", "max_depth", "target_depth", "top_up", "gap", "cancel_part", "market_cut", "cancel_cut",
+        "buys", "sells",
     )  # fmt: skip
 
     def __init__(self, inst: Instrument, seed: int, cfg: ModelConfig) -> None:

@@ -65,18 +65,8 @@ class Subscriber:
     """One Subscribe stream: its instruments, its bounded queue of serialised batches."""
 
     __slots__ = (
-        "_logged_at",
+        "peer", "instruments", "wanted", "limit", "queue", "wake", "resync", "resyncs", "high_water", "sent", "_logged_at",
         "_logged_resyncs",
-        "high_water",
-        "instruments",
-        "limit",
-        "peer",
-        "queue",
-        "resync",
-        "resyncs",
-        "sent",
-        "wake",
-        "wanted",
     )  # fmt: skip
 
     def __init__(self, peer: str, instruments: tuple[str, ...], limit: int, wanted: frozenset[str] | None = None) -> None:
@@ -113,7 +103,8 @@ class Subscriber:
                 self._logged_resyncs = self.resyncs
         else:
             queue.append(data)
-            self.high_water = max(self.high_water, len(queue))
+            if len(queue) > self.high_water:
+                self.high_water = len(queue)
         self.wake.set()
 
 

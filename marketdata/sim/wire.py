@@ -47,7 +47,7 @@ class WireEncoder:
     repeat, are cached.
     """
 
-    __slots__ = ("_heads", "_varints")
+    __slots__ = ("_varints", "_heads")
 
     def __init__(self) -> None:
         self._varints: dict[int, bytes] = {}

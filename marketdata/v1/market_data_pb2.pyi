@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -26,10 +24,10 @@ class ListInstrumentsResponse(_message.Message):
     __slots__ = ("instruments",)
     INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
     instruments: _containers.RepeatedCompositeFieldContainer[Instrument]
-    def __init__(self, instruments: _Iterable[Instrument | _Mapping] | None = ...) -> None: ...
+    def __init__(self, instruments: _Optional[_Iterable[_Union[Instrument, _Mapping]]] = ...) -> None: ...
 
 class Instrument(_message.Message):
-    __slots__ = ("description", "id", "kind", "lot_size", "price_decimals", "size_decimals", "tick_size")
+    __slots__ = ("id", "kind", "description", "tick_size", "lot_size", "price_decimals", "size_decimals")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -44,56 +42,56 @@ class Instrument(_message.Message):
     lot_size: str
     price_decimals: int
     size_decimals: int
-    def __init__(self, id: str | None = ..., kind: str | None = ..., description: str | None = ..., tick_size: str | None = ..., lot_size: str | None = ..., price_decimals: int | None = ..., size_decimals: int | None = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., tick_size: _Optional[str] = ..., lot_size: _Optional[str] = ..., price_decimals: _Optional[int] = ..., size_decimals: _Optional[int] = ...) -> None: ...
 
 class GetSnapshotRequest(_message.Message):
     __slots__ = ("instrument",)
     INSTRUMENT_FIELD_NUMBER: _ClassVar[int]
     instrument: str
-    def __init__(self, instrument: str | None = ...) -> None: ...
+    def __init__(self, instrument: _Optional[str] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("instruments",)
     INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
     instruments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, instruments: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, instruments: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Level(_message.Message):
-    __slots__ = ("price", "side", "size")
+    __slots__ = ("side", "price", "size")
     SIDE_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     side: Side
     price: int
     size: int
-    def __init__(self, side: Side | str | None = ..., price: int | None = ..., size: int | None = ...) -> None: ...
+    def __init__(self, side: _Optional[_Union[Side, str]] = ..., price: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("asks", "bids")
+    __slots__ = ("bids", "asks")
     BIDS_FIELD_NUMBER: _ClassVar[int]
     ASKS_FIELD_NUMBER: _ClassVar[int]
     bids: _containers.RepeatedCompositeFieldContainer[Level]
     asks: _containers.RepeatedCompositeFieldContainer[Level]
-    def __init__(self, bids: _Iterable[Level | _Mapping] | None = ..., asks: _Iterable[Level | _Mapping] | None = ...) -> None: ...
+    def __init__(self, bids: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[Level, _Mapping]]] = ...) -> None: ...
 
 class Update(_message.Message):
     __slots__ = ("changes",)
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedCompositeFieldContainer[Level]
-    def __init__(self, changes: _Iterable[Level | _Mapping] | None = ...) -> None: ...
+    def __init__(self, changes: _Optional[_Iterable[_Union[Level, _Mapping]]] = ...) -> None: ...
 
 class Trade(_message.Message):
-    __slots__ = ("aggressor", "price", "size")
+    __slots__ = ("price", "size", "aggressor")
     PRICE_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     AGGRESSOR_FIELD_NUMBER: _ClassVar[int]
     price: int
     size: int
     aggressor: Side
-    def __init__(self, price: int | None = ..., size: int | None = ..., aggressor: Side | str | None = ...) -> None: ...
+    def __init__(self, price: _Optional[int] = ..., size: _Optional[int] = ..., aggressor: _Optional[_Union[Side, str]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("checksum", "epoch", "instrument", "seq", "snapshot", "trade", "ts", "update")
+    __slots__ = ("instrument", "seq", "ts", "snapshot", "update", "trade", "checksum", "epoch")
     INSTRUMENT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
@@ -110,10 +108,10 @@ class Event(_message.Message):
     trade: Trade
     checksum: int
     epoch: int
-    def __init__(self, instrument: str | None = ..., seq: int | None = ..., ts: int | None = ..., snapshot: Snapshot | _Mapping | None = ..., update: Update | _Mapping | None = ..., trade: Trade | _Mapping | None = ..., checksum: int | None = ..., epoch: int | None = ...) -> None: ...
+    def __init__(self, instrument: _Optional[str] = ..., seq: _Optional[int] = ..., ts: _Optional[int] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., update: _Optional[_Union[Update, _Mapping]] = ..., trade: _Optional[_Union[Trade, _Mapping]] = ..., checksum: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events",)
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
-    def __init__(self, events: _Iterable[Event | _Mapping] | None = ...) -> None: ...
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
