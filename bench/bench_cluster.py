@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -76,12 +77,21 @@ def servers(mode: str) -> Iterator[Servers]:
         return
     from marketdata.supervisor.redis_cluster import RedisClusterServer  # the cluster-server branch's fixture
 
-    with RedisClusterServer(3, replicas=1 if mode == "cluster-replicas" else 0) as cluster:  # type: ignore[call-arg]
-        yield cluster_servers(cluster)
+    with RedisClusterServer(3, replicas=1 if mode == "cluster-replicas" else 0) as cluster:
+        srv = cluster_servers(cluster)
+        yield srv
+        for admin in srv.admins:
+            admin.close()
 
 
 def cluster_servers(cluster) -> Servers:  # type: ignore[no-untyped-def]
-    raise NotImplementedError("waiting for marketdata.supervisor.redis_cluster")
+    """The cluster's roles' URLs (any node: clients find the others), an admin per primary, every node's pid."""
+    nodes = sorted(cluster.nodes, key=lambda n: (n.role != "primary", n.port))
+    admin = urlsplit(cluster.url)
+    admins = [redis.Redis.from_url(admin._replace(netloc=f"{admin.netloc.rsplit(':', 1)[0]}:{n.port}").geturl())
+              for n in nodes if n.role == "primary"]  # fmt: skip
+    pids = {f"{n.role} :{n.port}": n.pid for n in nodes}
+    return Servers(cluster.url_for("ingest"), cluster.url_for("bridge"), admins, pids)
 
 
 class Child:
@@ -116,10 +126,15 @@ class Child:
 
 
 def cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each server, from the scheduler's nanosecond count of every thread
+    (/proc/PID/task/*/schedstat; utime+stime tick at 10 ms, too coarse for a few % over seconds)."""
     out = {}
     for label, pid in pids.items():
-        t = psutil.Process(pid).cpu_times()
-        out[label] = t.user + t.system
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                total += int((task / "schedstat").read_text().split()[0])
+        out[label] = total / 1e9
     return out
 
 
@@ -142,12 +157,13 @@ def measure(mode: str, readers: str, args: argparse.Namespace) -> dict:
                 subs.append(Child("subscriber" if readers == "bridge" else "reader", srv.bridge_url, cluster, args.instruments))
                 subs[-1].wait_ready()
             mem1 = used_memory(srv.admins)
-            result = {"mode": mode, "readers": readers, "servers": sorted(srv.pids), "subscribe": [s.ready for s in subs],
+            result = {"mode": mode, "readers": readers, "servers": list(srv.pids), "subscribe": [s.ready for s in subs],
                       "redis_bytes_per_subscription": (mem1 - mem0) / (args.bridges * args.instruments),
                       "payload_bytes": pub.ready["payload_bytes"], "steps": []}  # fmt: skip
+            result["redis_idle_cpu"] = idle_cpu(srv.pids, args.seconds)
             show_subscribe(result)
             for rate in args.rates:
-                step = measure_step(rate, pub, subs, srv.pids, args)
+                step = measure_step(rate, pub, subs, srv.pids, result["redis_idle_cpu"], args)
                 result["steps"].append(step)
                 show_step(step)
                 if step["failed"] or step["delivered_share"] < KEEP_UP and not args.all_steps:
@@ -164,7 +180,16 @@ def mark(children: list[Child]) -> list[dict]:
     return [c.read() for c in children]
 
 
-def measure_step(rate: float, pub: Child, subs: list[Child], pids: dict[str, int], args: argparse.Namespace) -> dict:
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """Each server's CPU with every reader subscribed and nothing published (cron, and the cluster bus's gossip)."""
+    c0, t0 = cpu(pids), time.perf_counter()
+    time.sleep(seconds)
+    c1, secs = cpu(pids), time.perf_counter() - t0
+    return {k: (c1[k] - c0[k]) / secs for k in pids}
+
+
+def measure_step(rate: float, pub: Child, subs: list[Child], pids: dict[str, int], idle: dict[str, float],
+                 args: argparse.Namespace) -> dict:  # fmt: skip
     pub.ask(f"rate {rate}")
     pub.read()
     time.sleep(args.warmup)
@@ -182,8 +207,8 @@ def measure_step(rate: float, pub: Child, subs: list[Child], pids: dict[str, int
     sub_cpu = [(b["cpu_s"] - a["cpu_s"]) for a, b in zip(s0, s1)]
     redis_cpu = {k: (redis1[k] - redis0[k]) / secs for k in pids}
     busy = sum(redis_cpu.values())
-    idle = lambda t: t.idle + getattr(t, "iowait", 0.0)  # noqa: E731
     total = sum(machine1) - sum(machine0)
+    idle_s = (machine1.idle + getattr(machine1, "iowait", 0.0)) - (machine0.idle + getattr(machine0, "iowait", 0.0))
     p50s = sorted(s["lat_p50_ms"] for s in s1 if s["lat_p50_ms"] is not None)
     p99s = [s["lat_p99_ms"] for s in s1 if s["lat_p99_ms"] is not None]
     return {
@@ -196,6 +221,8 @@ def measure_step(rate: float, pub: Child, subs: list[Child], pids: dict[str, int
         "delivered_share": out / (rate * len(subs)),
         "redis_cpu": redis_cpu,
         "redis_us_per_message_out": busy * secs * 1e6 / max(1, sum(got)),
+        # the same without what the servers burn idle: the cost that grows with the messages
+        "redis_marginal_us_per_message_out": (busy - sum(idle.values())) * secs * 1e6 / max(1, sum(got)),
         "publish_rtt_p50_ms": p1["rtt_p50_ms"],
         "publish_rtt_p99_ms": p1["rtt_p99_ms"],
         "latency_p50_ms": p50s[len(p50s) // 2] if p50s else None,  # the median subscriber's
@@ -207,7 +234,7 @@ def measure_step(rate: float, pub: Child, subs: list[Child], pids: dict[str, int
         "subscriber_rss_mb": max(s["rss_mb"] for s in s1),
         "resubscribes": sum(s["resubscribes"] for s in s1),
         "failed": [s["failed"] for s in s1 if "failed" in s],
-        "machine_busy": 1 - (idle(machine1) - idle(machine0)) / total if total else None,
+        "machine_busy": 1 - idle_s / total if total else None,
         "load_1min": os.getloadavg()[0],
     }
 
@@ -227,7 +254,8 @@ def show_subscribe(r: dict) -> None:
     else:
         print(f"raw readers: {ready[0]['connections']} connection(s) each; Redis memory {r['redis_bytes_per_subscription']:,.0f} B "
               "per subscription", flush=True)  # fmt: skip
-    print(f"{'offered/s':>9} {'books/s':>8} {'out msg/s':>9} {'deliv':>5} {'Redis CPU (per node)':>24} {'µs/msg':>6} "
+    print("Redis CPU idle (subscribed, nothing published): " + " ".join(f"{v:.1%}" for v in r["redis_idle_cpu"].values()))
+    print(f"{'offered/s':>9} {'books/s':>8} {'out msg/s':>9} {'deliv':>5} {'Redis CPU (per node)':>24} {'µs/msg (>idle)':>14} "
           f"{'pub rtt p50/p99 ms':>18} {'pub->sub p50/p99 ms':>19} {'sub µs/msg':>10} {'sub max':>7} {'pub':>5} {'machine':>7}", flush=True)  # fmt: skip
 
 
@@ -237,7 +265,7 @@ def show_step(s: dict) -> None:
 
     nodes = " ".join(f"{v:.0%}" for v in s["redis_cpu"].values())
     print(f"{s['offered_books_per_s']:>9,.0f} {s['published_books_per_s']:>8,.0f} {s['messages_out_per_s']:>9,.0f} "
-          f"{s['delivered_share']:>5.0%} {nodes:>24} {s['redis_us_per_message_out']:>6.2f} "
+          f"{s['delivered_share']:>5.0%} {nodes:>24} {s['redis_us_per_message_out']:>5.2f} ({s['redis_marginal_us_per_message_out']:>5.2f}) "
           f"{ms(s['publish_rtt_p50_ms']) + ' / ' + ms(s['publish_rtt_p99_ms']):>18} "
           f"{ms(s['latency_p50_ms']) + ' / ' + ms(s['latency_p99_ms']):>19} {s['subscriber_us_per_message']:>10.1f} "
           f"{s['subscriber_cpu_max']:>7.0%} {s['publisher_cpu']:>5.0%} {s['machine_busy']:>7.0%}"
@@ -254,17 +282,18 @@ def summarise(results: list[dict], bridges: int) -> list[str]:
             continue
         kept = [s for s in r["steps"] if s["delivered_share"] >= KEEP_UP] or r["steps"][:1]
         top = kept[-1]
-        busiest = max(top["redis_cpu"].values())
-        nodes = len(top["redis_cpu"])
-        us = top["redis_us_per_message_out"]
-        # the busiest node's CPU per message out on it (a shard carries 1/primaries of the messages)
-        per_core = 1e6 / us / (busiest * nodes / max(1e-9, sum(top["redis_cpu"].values()))) if us else 0.0
+        name, busiest = max(top["redis_cpu"].items(), key=lambda kv: kv[1])
+        idle = r["redis_idle_cpu"][name]
+        us, marginal = top["redis_us_per_message_out"], top["redis_marginal_us_per_message_out"]
+        # the busiest server fills its core when idle + (busiest - idle) x (rate / this rate) = 1 (shards share slots evenly)
+        per_core = top["messages_out_per_s"] * (1 - idle) / (busiest - idle) if busiest > idle else 0.0
         who = max((("redis (busiest node)", busiest), ("publisher", top["publisher_cpu"]),
                    ("a subscriber", top["subscriber_cpu_max"])), key=lambda x: x[1])  # fmt: skip
         lines.append(
-            f"{r['mode']}: highest step kept up: {top['offered_books_per_s']:,.0f} books/s in, {top['messages_out_per_s']:,.0f} msgs/s out; "
-            f"Redis {us:.2f} µs CPU per message out, busiest server at {busiest:.0%}: one core would carry about "
-            f"{per_core:,.0f} msgs/s out of that server ({per_core / bridges:,.0f} books/s in with {bridges} bridges); "
+            f"{r['mode']}, {r['readers']} readers: highest step kept up: {top['offered_books_per_s']:,.0f} books/s in, {top['messages_out_per_s']:,.0f} msgs/s out; "
+            f"Redis {us:.2f} µs CPU per message out (all servers; {marginal:.2f} above idle), busiest server at {busiest:.0%} "
+            f"({idle:.0%} idle): it would fill a core at about "
+            f"{per_core:,.0f} msgs/s out ({per_core / bridges:,.0f} books/s in with {bridges} bridges); "
             f"nearest to a full core: {who[0]} at {who[1]:.0%}"
         )
     return lines
@@ -285,7 +314,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write every step to this file")
     args = ap.parse_args()
     if args.quick:
-        args.modes, args.rates, args.seconds, args.warmup = "single,cluster", "500,2000", 1.0, 0.5
+        args.modes, args.readers, args.rates, args.seconds, args.warmup = "single,cluster", "bridge", "500,2000", 1.0, 0.5
     args.rates = [float(r) for r in args.rates.split(",") if r]
     modes = [m for m in args.modes.split(",") if m]
     readers = [r for r in args.readers.split(",") if r]

@@ -159,10 +159,23 @@ async def single_sender(url: str):  # type: ignore[no-untyped-def]
 
 
 async def cluster_sender(url: str):  # type: ignore[no-untyped-def]
-    """The cluster's publish path: the ingestor's slot-grouped, per-slot-fenced SPUBLISH scripts."""
-    from marketdata.ingest import cluster_publish  # the ingest-cluster branch's module
+    """The cluster's publish path, as the ingestor sends it: one fenced SPUBLISH script per slot, one pipeline per node."""
+    from marketdata.ingest.publish_queue import Drain
+    from marketdata.ingest.redis_link import RedisLink
+    from marketdata.ingest.slot_writes import slot_commands, slot_published
 
-    return await cluster_publish.bench_sender(url, LEASE_VALUE)  # type: ignore[attr-defined]
+    link = RedisLink(url, True, "bench-cluster")
+
+    async def send(books: list[tuple[bytes, bytes]]) -> int:
+        results = await link.pipeline(slot_commands(Drain(books=books), schema.DEFAULT_PREFIX, 50, LEASE_VALUE))
+        published = 0
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+            published += slot_published(result)[0]
+        return published
+
+    return send
 
 
 # -- a subscriber (a bridge's Redis side) ---------------------------------------------------------
@@ -218,10 +231,24 @@ async def single_subscriptions(url: str, counter: Counter):  # type: ignore[no-u
 
 
 async def cluster_subscriptions(url: str, counter: Counter):  # type: ignore[no-untyped-def]
-    """The bridge's sharded Redis side (bridge/shards.py, the bridge-cluster branch's module)."""
-    from bridge import shards  # type: ignore[attr-defined]
+    """The bridge's Redis side on a cluster: bridge.shards, one pub/sub connection per primary."""
+    from urllib.parse import unquote, urlsplit
 
-    return await shards.bench_subscriptions(url, counter)  # type: ignore[attr-defined]
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    from bridge.shards import Shards
+
+    u = urlsplit(url)
+    user, password = unquote(u.username or ""), unquote(u.password or "")
+
+    def open_pubsub(host: str, port: int):  # type: ignore[no-untyped-def]
+        return Redis(host=host, port=port, username=user, password=password, protocol=2).pubsub()
+
+    book_prefix = f"{schema.DEFAULT_PREFIX}:book:".encode()  # Keys.book("") would end in the empty hash tag
+    subs = Shards(RedisCluster.from_url(url), counter, book_prefix, open_pubsub, lambda: None)
+    await subs.connect()
+    return subs
 
 
 # -- a raw reader: Redis's side of the fan-out with next to nothing on ours --------------------------

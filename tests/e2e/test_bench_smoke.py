@@ -92,3 +92,25 @@ def test_small_deltas_benchmark_compares_both_modes(tmp_path: Path) -> None:
     assert modes["deltas"]["bytes_per_message"] < modes["snapshots"]["bytes_per_message"]
     assert data["summary"]["25"]["by_rate"] and data["reference_ns"] > 0 and data["loadavg_start"]
     assert chart.read_text().lstrip().startswith(("<?xml", "<!--", "<svg"))
+
+
+def test_quick_cluster_benchmark_measures_both_modes(tmp_path: Path) -> None:
+    """bench/bench_cluster.py --quick: one server and a 3-shard cluster each deliver every book to every reader."""
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/bench_cluster.py", "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "# machine reference: an empty `for` loop takes" in proc.stdout, proc.stdout
+    data = json.loads(out.read_text())
+    assert [r["mode"] for r in data["modes"]] == ["single", "cluster"] and data["reference_ns"] > 0
+    for run in data["modes"]:
+        assert all(s["channels"] == 1000 for s in run["subscribe"]), run["subscribe"]
+        assert run["steps"], f"{run['mode']}: no step measured"
+        for step in run["steps"]:
+            assert step["messages_out_per_s"] > 0 and step["redis_us_per_message_out"] > 0, step
+            assert not step["failed"] and step["publish_errors"] == 0, step
+            assert step["latency_p99_ms"] is not None and step["publish_rtt_p99_ms"] is not None, step
+    assert len(data["modes"][1]["steps"][0]["redis_cpu"]) >= 3, "one CPU figure per cluster node"
