@@ -287,15 +287,19 @@ def summarise(results: list[dict], bridges: int) -> list[str]:
         us, marginal = top["redis_us_per_message_out"], top["redis_marginal_us_per_message_out"]
         # the busiest server fills its core when idle + (busiest - idle) x (rate / this rate) = 1 (shards share slots evenly)
         per_core = top["messages_out_per_s"] * (1 - idle) / (busiest - idle) if busiest > idle else 0.0
-        who = max((("redis (busiest node)", busiest), ("publisher", top["publisher_cpu"]),
-                   ("a subscriber", top["subscriber_cpu_max"])), key=lambda x: x[1])  # fmt: skip
+        # with a core each, the process whose ceiling (in books/s in) is lowest saturates first
+        ceilings = {"publisher": 1e6 / top["publisher_us_per_book"], "a reader": 1e6 / top["subscriber_us_per_message"],
+                    "redis (busiest server)": per_core / bridges}  # fmt: skip
+        first = min(ceilings, key=ceilings.__getitem__)
         lines.append(
-            f"{r['mode']}, {r['readers']} readers: highest step kept up: {top['offered_books_per_s']:,.0f} books/s in, {top['messages_out_per_s']:,.0f} msgs/s out; "
-            f"Redis {us:.2f} µs CPU per message out (all servers; {marginal:.2f} above idle), busiest server at {busiest:.0%} "
-            f"({idle:.0%} idle): it would fill a core at about "
-            f"{per_core:,.0f} msgs/s out ({per_core / bridges:,.0f} books/s in with {bridges} bridges); "
-            f"nearest to a full core: {who[0]} at {who[1]:.0%}"
+            f"{r['mode']}, {r['readers']} readers: highest step kept up: {top['offered_books_per_s']:,.0f} books/s in, "
+            f"{top['messages_out_per_s']:,.0f} msgs/s out; Redis {us:.2f} µs CPU per message out (all servers; {marginal:.2f} "
+            f"above idle), busiest server at {busiest:.0%} ({idle:.0%} idle): it would fill a core at about {per_core:,.0f} msgs/s "
+            f"out; with a core each, ceilings in books/s in: "
+            + ", ".join(f"{k} {v:,.0f}" for k, v in ceilings.items())
+            + f" -> {first} saturates first"
         )
+        r["ceilings_books_per_s"], r["first_limit"] = ceilings, first
     return lines
 
 
