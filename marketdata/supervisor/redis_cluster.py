@@ -233,6 +233,14 @@ class RedisClusterServer:
             roles = {}
         return [ClusterNode(port, node.pid, node.alive, roles.get(port, "unknown")) for port, node in self._nodes.items()]
 
+    def dead_ports(self) -> list[int]:
+        """The ports of the nodes whose process is not running (no network: cheap to poll)."""
+        return [port for port, node in self._nodes.items() if not node.alive]
+
+    def serves_slots(self, port: int) -> bool:
+        """True while a live node sees `port` as a primary serving slots (a dead primary not yet replaced)."""
+        return any(n.port == port and n.role == "primary" and n.slots for n in self._live_view())
+
     def _live_primary(self) -> int:
         """The first node (in start order) that is alive and serves slots as a primary, else any live one."""
         serving = {n.port for n in self._live_view() if n.role == "primary" and n.slots and not n.failing}
