@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 from marketdata.slots import SLOTS
-from marketdata.supervisor.redis_cluster import covers_all, parse_info, parse_nodes, slot_owners, slot_ranges
+from marketdata.supervisor.redis_cluster import (
+    covers_all,
+    parse_info,
+    parse_nodes,
+    slot_owners,
+    slot_ranges,
+)
 
 NODES = """\
 aaa 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460
@@ -36,7 +44,7 @@ def test_slot_ranges_split_every_slot_once() -> None:
     for n in (1, 3, 5, 7):
         ranges = slot_ranges(n)
         assert ranges[0][0] == 0 and ranges[-1][1] == SLOTS - 1
-        assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
 
 
 def test_parse_info_reads_fields() -> None:
