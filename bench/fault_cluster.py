@@ -171,7 +171,7 @@ class Cluster:
     def unready(self) -> str | None:
         """Why the system is not whole (a process down, no leader, a cold standby), or None."""
         if isinstance(self.redis, RedisClusterServer):
-            down = [n.port for n in self.redis.nodes if not n.alive]
+            down = self.redis.dead_ports()
             if down:
                 return f"redis cluster node(s) {', '.join(map(str, down))} down"
         elif not self.redis.alive:
