@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_stream.py --runs 1 --seconds 2 --warmup 0.5
 	$(BIN)/python bench/bench_ingest.py --rates 1000 --modes on --seconds 2 --warmup 0.5
 	$(BIN)/python -m bench.fanout --small --out $(TMPDIR)/marketdata-fanout-small.json
+	$(BIN)/python bench/bench_cluster.py --quick
 
 # docs/dashboard.png from the live dashboard (needs a system Chromium).
 screenshot: $(STAMP)

@@ -138,6 +138,12 @@ def cpu(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def script_time(admins: list[redis.Redis]) -> tuple[int, int]:
+    """(EVAL calls, µs spent in them) so far over the primaries: the scripts' own time, their PUBLISHes included."""
+    stats = [a.info("commandstats").get("cmdstat_eval", {}) for a in admins]
+    return sum(int(x.get("calls", 0)) for x in stats), sum(int(x.get("usec", 0)) for x in stats)
+
+
 def used_memory(admins: list[redis.Redis]) -> int:
     return sum(int(a.info("memory")["used_memory"]) for a in admins)
 
@@ -163,7 +169,7 @@ def measure(mode: str, readers: str, args: argparse.Namespace) -> dict:
             result["redis_idle_cpu"] = idle_cpu(srv.pids, args.seconds)
             show_subscribe(result)
             for rate in args.rates:
-                step = measure_step(rate, pub, subs, srv.pids, result["redis_idle_cpu"], args)
+                step = measure_step(rate, pub, subs, srv, result["redis_idle_cpu"], args)
                 result["steps"].append(step)
                 show_step(step)
                 if step["failed"] or step["delivered_share"] < KEEP_UP and not args.all_steps:
@@ -188,16 +194,17 @@ def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
     return {k: (c1[k] - c0[k]) / secs for k in pids}
 
 
-def measure_step(rate: float, pub: Child, subs: list[Child], pids: dict[str, int], idle: dict[str, float],
+def measure_step(rate: float, pub: Child, subs: list[Child], srv: Servers, idle: dict[str, float],
                  args: argparse.Namespace) -> dict:  # fmt: skip
     pub.ask(f"rate {rate}")
     pub.read()
     time.sleep(args.warmup)
-    machine0, redis0 = psutil.cpu_times(), cpu(pids)
+    pids = srv.pids
+    machine0, redis0, scripts0 = psutil.cpu_times(), cpu(pids), script_time(srv.admins)
     p0, s0 = mark([pub])[0], mark(subs)
     time.sleep(args.seconds)
     p1, s1 = mark([pub])[0], mark(subs)
-    machine1, redis1 = psutil.cpu_times(), cpu(pids)
+    machine1, redis1, scripts1 = psutil.cpu_times(), cpu(pids), script_time(srv.admins)
     pub.ask("rate 0")  # quiet between steps: the next one's warm-up starts from an empty backlog
     pub.read()
     secs = p1["t"] - p0["t"]
@@ -223,6 +230,8 @@ def measure_step(rate: float, pub: Child, subs: list[Child], pids: dict[str, int
         "redis_us_per_message_out": busy * secs * 1e6 / max(1, sum(got)),
         # the same without what the servers burn idle: the cost that grows with the messages
         "redis_marginal_us_per_message_out": (busy - sum(idle.values())) * secs * 1e6 / max(1, sum(got)),
+        "scripts_per_s": (scripts1[0] - scripts0[0]) / secs,
+        "script_us_per_book": (scripts1[1] - scripts0[1]) / max(1, p1["books"] - p0["books"]),
         "publish_rtt_p50_ms": p1["rtt_p50_ms"],
         "publish_rtt_p99_ms": p1["rtt_p99_ms"],
         "latency_p50_ms": p50s[len(p50s) // 2] if p50s else None,  # the median subscriber's
@@ -255,7 +264,7 @@ def show_subscribe(r: dict) -> None:
         print(f"raw readers: {ready[0]['connections']} connection(s) each; Redis memory {r['redis_bytes_per_subscription']:,.0f} B "
               "per subscription", flush=True)  # fmt: skip
     print("Redis CPU idle (subscribed, nothing published): " + " ".join(f"{v:.1%}" for v in r["redis_idle_cpu"].values()))
-    print(f"{'offered/s':>9} {'books/s':>8} {'out msg/s':>9} {'deliv':>5} {'Redis CPU (per node)':>24} {'µs/msg (>idle)':>14} "
+    print(f"{'offered/s':>9} {'books/s':>8} {'out msg/s':>9} {'deliv':>5} {'Redis CPU (per node)':>24} {'µs/msg (>idle)':>14} {'script µs/book':>14} "
           f"{'pub rtt p50/p99 ms':>18} {'pub->sub p50/p99 ms':>19} {'sub µs/msg':>10} {'sub max':>7} {'pub':>5} {'machine':>7}", flush=True)  # fmt: skip
 
 
@@ -266,6 +275,7 @@ def show_step(s: dict) -> None:
     nodes = " ".join(f"{v:.0%}" for v in s["redis_cpu"].values())
     print(f"{s['offered_books_per_s']:>9,.0f} {s['published_books_per_s']:>8,.0f} {s['messages_out_per_s']:>9,.0f} "
           f"{s['delivered_share']:>5.0%} {nodes:>24} {s['redis_us_per_message_out']:>5.2f} ({s['redis_marginal_us_per_message_out']:>5.2f}) "
+          f"{s['script_us_per_book']:>14.1f} "
           f"{ms(s['publish_rtt_p50_ms']) + ' / ' + ms(s['publish_rtt_p99_ms']):>18} "
           f"{ms(s['latency_p50_ms']) + ' / ' + ms(s['latency_p99_ms']):>19} {s['subscriber_us_per_message']:>10.1f} "
           f"{s['subscriber_cpu_max']:>7.0%} {s['publisher_cpu']:>5.0%} {s['machine_busy']:>7.0%}"
