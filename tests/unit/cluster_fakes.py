@@ -9,7 +9,7 @@ would be. A node's pub/sub refuses (MOVED) a channel whose slot it does not own,
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Self
 
 from redis.exceptions import ConnectionError, MovedError
 
@@ -117,7 +117,7 @@ class _Pipeline:
         self._cluster = cluster
         self._commands: list[tuple[str, bytes]] = []
 
-    async def __aenter__(self) -> _Pipeline:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
