@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from bridge.subscriptions import SHARDED, ChannelListener, Subscriptions
 from bridge.tasks import spawn, stop
@@ -36,7 +36,7 @@ from marketdata.slots import key_slot
 
 log = logging.getLogger(__name__)
 
-LOST_ERRORS = (RedisError, OSError)
+LOST_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 class _View:

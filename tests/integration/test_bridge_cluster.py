@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
@@ -28,6 +29,7 @@ from marketdata.book import OrderBook
 from marketdata.instruments import Instrument, universe
 from marketdata.schema import Keys
 from marketdata.settings import BridgeSettings
+from marketdata.slots import key_slot
 from marketdata.supervisor.redis_cluster import RedisClusterServer
 from tests.support import wait_for
 
@@ -219,6 +221,55 @@ def test_a_dead_primary_heals_its_sockets_and_stalls_no_other(own_cluster: Redis
             gaps = {r.instrument: round(r.longest_gap(killed_at, until), 2) for r in others}
             print(f"healed {healed:.1f} s after the kill; other shards' longest gaps {gaps}")
             assert all(g < MAX_GAP for g in gaps.values()), gaps
+            assert all(r.error is None for r in readers)
+        finally:
+            for r in readers:
+                r.stop()
+
+
+def admin(cluster: RedisClusterServer, port: int) -> redis.Redis:
+    """The admin's client of one node."""
+    parts = urlsplit(cluster.url)
+    return redis.Redis.from_url(urlunsplit(parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}")))
+
+
+def migrate(cluster: RedisClusterServer, slot: int, source: int, target: int) -> None:
+    """Move one slot and its keys from the primary on `source` to the one on `target`, as an operator would."""
+    src, dst = admin(cluster, source), admin(cluster, target)
+    try:
+        src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "AUTH2", "admin", cluster.password("admin"), "KEYS", *keys)
+        for client in (dst, src):
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_a_migrated_slot_moves_its_channel_to_the_new_owner(own_cluster: RedisClusterServer, start_bridge: Callable[..., str]) -> None:
+    cluster = own_cluster
+    shards = spread(cluster)
+    instruments = [i for insts in shards.values() for i in insts]
+    with Publisher(cluster.url, instruments) as pub:
+        wait_for(lambda: all(pub.seq.values()), what="a book of every instrument")
+        url = start_bridge(cluster.url_for("bridge"))
+        by_shard = read_all(url, shards)
+        readers = [r for rs in by_shard.values() for r in rs]
+        try:
+            wait_for(lambda: all(r.newest() > 5 for r in readers), what="live books on every socket")
+            source, target = list(shards)[:2]
+            moving = by_shard[source][0]
+            slot = key_slot(KEYS.book(moving.instrument))
+            migrate(cluster, slot, source, target)
+            moved_at = time.monotonic()
+            wait_for(lambda: cluster.primary_for(KEYS.book(moving.instrument)) == target, what="the cluster to agree")
+            mark = pub.seq[moving.instrument] + 1
+            wait_for(lambda: moving.newest() > mark + 10, timeout=HEAL_WITHIN, what="books of the moved instrument from its new owner")
+            gap = moving.longest_gap(moved_at - 1, time.monotonic())
+            print(f"moved slot {slot}: the socket's longest gap {gap:.2f} s")
             assert all(r.error is None for r in readers)
         finally:
             for r in readers:
