@@ -147,7 +147,7 @@ class Subscriptions:
         pending = self._pubsub.connection.can_read  # type: ignore[union-attr]
         listener = self._listener
         confirming = self._confirming
-        message, confirmed, dropped = self._mode.message, self._mode.confirmed, self._mode.dropped
+        is_message, is_confirmed, is_dropped = self._mode.message, self._mode.confirmed, self._mode.dropped
         while True:
             batch: list[tuple[bytes, bytes]] = []
             gone: list[bytes] = []
@@ -155,15 +155,15 @@ class Subscriptions:
                 m = await get(timeout=None)
                 while m is not None:
                     kind = m["type"]
-                    if kind == message:
+                    if kind == is_message:
                         batch.append((m["channel"], m["data"]))
                         if len(batch) >= MAX_BATCH:
                             break
-                    elif kind == confirmed:
+                    elif kind == is_confirmed:
                         fut = confirming.pop(m["channel"], None)
                         if fut is not None and not fut.done():
                             fut.set_result(None)
-                    elif kind == dropped:
+                    elif kind == is_dropped:
                         self._unsubscribed(m["channel"], gone)
                     m = await get(timeout=0.0) if await pending() else None
             except ResponseError as exc:  # an error reply; the connection itself is fine
