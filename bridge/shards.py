@@ -22,6 +22,7 @@ flow meanwhile; the bus's feed state follows the heartbeat and the books as usua
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -166,15 +167,19 @@ class Shards:
         return shard
 
     async def _read(self, shard: _Shard) -> None:
+        """Read one shard until its connection is lost; then its channels go to whoever owns their slots next."""
         try:
             await shard.subs.listen()
-        except LOST_ERRORS as exc:
-            lost = shard.subs.subscribed
-            log.warning("redis shard %s lost (%s): %d channels resubscribe on the slots' new owners", shard.name, exc, len(lost))
-            if self._shards.get(shard.name) is shard:
+        except (*LOST_ERRORS, RuntimeError) as exc:
+            # RuntimeError: redis-py reconnects once even with no retries, and uvloop refuses a
+            # write on the transport of a primary dying at that moment; the shard is lost all the same.
+            log.warning("redis shard %s lost (%s): %d channels resubscribe on the slots' new owners", shard.name, exc, shard.subs.count)
+        finally:
+            if self._shards.get(shard.name) is shard:  # lost, not closed by us (a bug's exception is also logged by spawn)
                 del self._shards[shard.name]
-            self._moved(lost)
-            await shard.subs.aclose()
+                self._moved(shard.subs.subscribed)
+                with contextlib.suppress(*LOST_ERRORS, RuntimeError):
+                    await shard.subs.aclose()
 
     def _dropped(self, channels: list[bytes]) -> None:
         """The server unsubscribed these channels by itself: their slot moved to another primary."""

@@ -35,10 +35,11 @@ class FakeNode:
                 ps.channels.discard(channel)
                 ps.queue.put_nowait({"type": "sunsubscribe", "channel": channel, "data": len(ps.channels)})
 
-    def die(self) -> None:
+    def die(self, error: type[Exception] = ConnectionError) -> None:
+        """The node is gone: its connections' readers get `error`, new connections are refused."""
         self.alive = False
         for ps in self.pubsubs:
-            ps.queue.put_nowait(ConnectionError(f"connection to {self.name} lost"))
+            ps.queue.put_nowait(error(f"connection to {self.name} lost"))
         self.pubsubs.clear()
 
 
