@@ -22,12 +22,16 @@ No I/O and no clock: times are handed in (monotonic seconds, and wall µs for `p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from marketdata import schema
 from marketdata.errors import MessageError
 from marketdata.instruments import Instrument
+
+if TYPE_CHECKING:
+    from bench.fault_sockets import SocketPlan
 
 CHECKSUM, ORDER, OTHER = "bad checksum", "out of order", "other"  # kinds of bad message
 MAX_KEPT = 50  # violations kept per socket (the rest are counted)
@@ -233,3 +237,40 @@ def percentile(values: list[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
     return ordered[rank]
+
+
+@dataclass(slots=True)
+class Struck:
+    """A fault as it happened: when, what came back when, and what each socket should have seen."""
+
+    victim: str
+    t0: float  # monotonic, just before the strike
+    back: float  # monotonic, when the process was back (t0 when nothing is restarted)
+    down_s: float
+    homes: dict[int, int | None]  # socket index -> bridge it was on at the fault
+    expect: Callable[[int | None, SocketPlan], Expect]  # by the bridge a socket was on, and the socket
+    group: Callable[[int | None, SocketPlan], str | None]  # whose heal times make which figures (None: none)
+    heal_by: float  # monotonic: wait for fresh books until then at most
+    restore: Callable[[], list[str]] = list  # after the heal: bring the system back whole; problems seen
+    elsewhere: tuple[str, ...] = ()  # groups that heal without the process back (sockets failing over)
+
+
+@dataclass(slots=True)
+class FaultResult:
+    kind: str
+    round: int
+    victim: str
+    down_s: float
+    back_s: float
+    heal_s: dict[str, list[float]] = field(default_factory=dict)  # by group of sockets, seconds from the fault
+    stale_s: dict[str, list[float]] = field(default_factory=dict)
+    missed: list[str] = field(default_factory=list)  # deadlines and expectations, per socket
+    bad_messages: list[str] = field(default_factory=list)  # checksum, order, malformed: sockets and bus
+    bad_counts: dict[str, int] = field(default_factory=dict)  # the same, counted by kind (fault_checks.CHECKSUM, ...)
+    sockets: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # name: (stale s, heal s)
+    problems: list[str] = field(default_factory=list)  # the system did not come back whole
+    elsewhere: tuple[str, ...] = ()  # groups whose heal does not wait for the process (no "after back" figure)
+
+    @property
+    def failures(self) -> list[str]:
+        return [*self.bad_messages, *self.missed, *self.problems]

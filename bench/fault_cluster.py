@@ -1,10 +1,12 @@
 """The whole system as separate processes that the fault suite kills, pauses and restarts one by one.
 
-An embedded Redis (marketdata.supervisor.redis_server), the simulator, N ingestors and
+An embedded Redis (marketdata.supervisor.redis_server), or an embedded Redis Cluster of
+N primaries each with a replica (marketdata.supervisor.redis_cluster), the simulator, N ingestors and
 N bridges, each a `LoggedProcess` (marketdata.processes: its own session, and
 on Linux it dies with this process whatever ends it), on loopback ports chosen once, so
 that a restarted process comes back where its clients look for it. Who leads is read
-where the ingestors decide it, the lease key (`md:leader`: `TOKEN ingest:HOST:PID:...`);
+where the ingestors decide it, the lease key (`md:leader`, or `md:{leader}` in a cluster:
+`TOKEN ingest:HOST:PID:...`);
 whether a standby is warm, from its /metrics.
 """
 
@@ -23,17 +25,21 @@ from pathlib import Path
 
 import psutil
 import redis
+import redis.cluster
+from marketdata.supervisor.redis_cluster import RedisClusterServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from marketdata.ingest.lease import Holder
-from marketdata.supervisor.ports import free_port
 from marketdata.processes import LoggedProcess, port_open
+from marketdata.schema import Keys
+from marketdata.supervisor.ports import free_port
 from marketdata.supervisor.redis_server import RedisServer
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM_EVENTS = 50  # events a standby has applied before it counts as warm
+CLUSTER_NODE_TIMEOUT = 2.0  # seconds before a cluster fails a silent primary over to its replica
 
 
 @dataclass(slots=True)
@@ -68,10 +74,13 @@ class Role:
 class Cluster:
     """Start with `with Cluster(...) as cluster`; everything stops (bridges first, Redis last) on the way out."""
 
-    def __init__(self, logs: Path, rate: float = 20.0, seed: int = 1, bridges: int = 2, ingestors: int = 2, lease: float = 1.0) -> None:
+    def __init__(self, logs: Path, rate: float = 20.0, seed: int = 1, bridges: int = 2, ingestors: int = 2, lease: float = 1.0,
+                 redis_cluster: int = 0, universe: int = 8) -> None:
         self.logs = logs
         self.lease = lease
-        self.redis = RedisServer()
+        self.redis: RedisServer | RedisClusterServer = RedisClusterServer(redis_cluster, 1, node_timeout=CLUSTER_NODE_TIMEOUT) if redis_cluster else RedisServer()
+        self.keys = Keys(cluster=bool(redis_cluster))
+        mode = ("--redis-cluster",) if redis_cluster else ()
         # Every setting at its default unless passed here: no MD_* variable of the caller's leaks in.
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("MD_")}, "PYTHONUNBUFFERED": "1"}
 
@@ -82,17 +91,18 @@ class Cluster:
             return Role(name, LoggedProcess(name, argv, logs / f"{name}.log", env=mine, cwd=ROOT), port, metrics_port)
 
         sim_port = free_port()
-        self.sim = role("sim", "sim", "--host", "127.0.0.1", "--port", str(sim_port), "--rate", f"{rate:g}", "--seed", str(seed), port=sim_port)
+        self.sim = role("sim", "sim", "--host", "127.0.0.1", "--port", str(sim_port), "--rate", f"{rate:g}", "--seed", str(seed),
+                        "--universe", str(universe), port=sim_port)
         self.ingestors = []
         for i in range(ingestors):
             m = free_port()
             self.ingestors.append(role(f"ingest-{i + 1}", "ingest", "--sim", f"127.0.0.1:{sim_port}", "--lease", f"{lease:g}",
-                                       "--metrics-port", str(m), metrics_port=m, user="ingest"))
+                                       "--metrics-port", str(m), *mode, metrics_port=m, user="ingest"))
         self.bridges = []
         for i in range(bridges):
             p = free_port()
-            self.bridges.append(role(f"bridge-{i + 1}", "bridge", "--host", "127.0.0.1", "--port", str(p), port=p, user="bridge"))
-        self._client = redis.Redis.from_url(self.inspect_url, socket_connect_timeout=0.5, socket_timeout=1.0)
+            self.bridges.append(role(f"bridge-{i + 1}", "bridge", "--host", "127.0.0.1", "--port", str(p), *mode, port=p, user="bridge"))
+        self._client: redis.Redis | redis.cluster.RedisCluster | None = None
         self._paused: set[int] = set()
 
     @property
@@ -113,6 +123,10 @@ class Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         try:
             self.redis.start()
+            if isinstance(self.redis, RedisClusterServer):
+                self._client = redis.cluster.RedisCluster.from_url(self.inspect_url, socket_connect_timeout=0.5, socket_timeout=1.0)
+            else:
+                self._client = redis.Redis.from_url(self.inspect_url, socket_connect_timeout=0.5, socket_timeout=1.0)
             for r in self.roles:
                 r.process.start()
             for r in (self.sim, *self.bridges):
@@ -131,15 +145,18 @@ class Cluster:
         for group in (self.bridges, self.ingestors, [self.sim]):
             for r in group:
                 r.process.stop(5.0)
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
         self.redis.close()
 
     # -- who is who ---------------------------------------------------------------
 
     def leader(self) -> Role | None:
         """The ingestor whose name the lease key holds, None when nobody leads (or Redis does not answer)."""
+        if self._client is None:
+            return None
         try:
-            holder = Holder.parse(self._client.get("md:leader"))
+            holder = Holder.parse(self._client.get(self.keys.leader))
         except (redis.RedisError, OSError):
             return None
         if holder is None:
@@ -153,7 +170,11 @@ class Cluster:
 
     def unready(self) -> str | None:
         """Why the system is not whole (a process down, no leader, a cold standby), or None."""
-        if not self.redis.alive:
+        if isinstance(self.redis, RedisClusterServer):
+            down = self.redis.dead_ports()
+            if down:
+                return f"redis cluster node(s) {', '.join(map(str, down))} down"
+        elif not self.redis.alive:
             return "redis is down"
         for r in self.roles:
             if not r.alive:
@@ -203,3 +224,19 @@ class Cluster:
     def restart_redis(self) -> None:
         """The same port and folder; start() returns once it answers PING."""
         self.redis.start()
+
+    # -- a Redis Cluster's nodes ----------------------------------------------------------
+
+    def shard_of(self, instrument: str) -> int:
+        """The port of the primary that owns `instrument`'s slot now."""
+        assert isinstance(self.redis, RedisClusterServer)
+        return self.redis.primary_for(self.keys.book(instrument))
+
+    def kill_node(self, port: int) -> None:
+        assert isinstance(self.redis, RedisClusterServer)
+        self.redis.kill(port)
+
+    def restart_node(self, port: int) -> None:
+        """Start a killed node again in its folder: it rejoins the cluster (as a replica of its promoted one)."""
+        assert isinstance(self.redis, RedisClusterServer)
+        self.redis.restart(port)

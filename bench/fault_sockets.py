@@ -42,7 +42,7 @@ from picows import (
 )
 
 from bench.fault_checks import ORDER, OTHER, Order, Verifier, Violations, Watch
-from bench.fault_tap import BusTap
+from bench.fault_tap import BusTap, ShardTap
 from marketdata.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -251,11 +251,13 @@ class Seen:
 class Fleet:
     """The sockets and the bus tap on a loop of their own thread; use as a context manager."""
 
-    def __init__(self, plans: Sequence[SocketPlan], urls: Sequence[str], redis_url: str, verifier: Verifier, seed: int) -> None:
+    def __init__(self, plans: Sequence[SocketPlan], urls: Sequence[str], redis_url: str, verifier: Verifier, seed: int,
+                 shard_channels: Sequence[str] | None = None) -> None:
+        """`shard_channels`: in a Redis Cluster, the book channels the tap SSUBSCRIBEs (else it PSUBSCRIBEs `md:book:*`)."""
         self.verifier = verifier
         self.urls = tuple(urls)
         self.sockets = [Socket(p, self) for p in plans]
-        self.tap = BusTap(redis_url, "md:book:*", verifier)
+        self.tap = BusTap(redis_url, "md:book:*", verifier) if shard_channels is None else ShardTap(redis_url, shard_channels, verifier)
         self._rng = random.Random(seed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-fleet", daemon=True)

@@ -14,7 +14,10 @@ seeded random moments, it strikes in turn:
 - `bridge`: kill -9 of a bridge (each in turn), restarted after 1-2 s; its sockets
   reconnect, half to the same bridge (a page reconnecting to its origin), half to the
   other (a balancer);
-- `pause`: SIGSTOP of the leader for 2-3 lease periods, then SIGCONT: it must be fenced off.
+- `pause`: SIGSTOP of the leader for 2-3 lease periods, then SIGCONT: it must be fenced off;
+- `primary` (with `--redis-cluster N`, a cluster of N primaries each with a replica): kill -9
+  of one primary, each shard in turn (bench.fault_shard): its replica is promoted, its
+  instruments' sockets heal within 15 s, the other shards' never stall.
 
 Per fault and per socket it measures when the socket was told the feed is stale (a
 `feed` message with live=false; a closed connection for the killed bridge's sockets) and
@@ -43,7 +46,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.fault_checks import (
@@ -51,11 +54,14 @@ from bench.fault_checks import (
     FORBIDDEN,
     REQUIRED,
     Expect,
+    FaultResult,
     Outcome,
+    Struck,
     Verifier,
     judge,
 )
 from bench.fault_cluster import Cluster, Role
+from bench.fault_shard import strike_primary
 from bench.fault_sockets import Fleet, SocketPlan, plan_sockets
 from marketdata import schema
 from marketdata.clock import now_us
@@ -65,9 +71,11 @@ from marketdata.processes import ProcessError, wait_until
 log = logging.getLogger(__name__)
 
 KINDS = ("sim", "leader", "standby", "redis", "bridge", "pause")
+CLUSTER_KINDS = ("primary", "leader", "bridge")  # with --redis-cluster: a cluster has no one Redis to kill
 LABELS = {
     "sim": "simulator kill -9", "leader": "leading ingestor kill -9", "standby": "standby ingestor kill -9",
     "redis": "Redis kill -9", "bridge": "one bridge kill -9", "pause": "leader SIGSTOP past its lease",
+    "primary": "a cluster primary kill -9",
 }  # fmt: skip
 DOWN = {"sim": (2.0, 3.0), "redis": (1.0, 2.0), "bridge": (1.0, 2.0), "pause": (2.0, 3.0)}  # seconds out (pause: in lease periods)
 BEFORE = (0.2, 1.0)  # seconds between a settled system and the fault: its random moment
@@ -87,43 +95,8 @@ class Config:
     kinds: tuple[str, ...] = KINDS
     lease: float = 1.0
     logs: Path | None = None
-
-
-@dataclass(slots=True)
-class Struck:
-    """A fault as it happened: when, what came back when, and what each socket should have seen."""
-
-    victim: str
-    t0: float  # monotonic, just before the strike
-    back: float  # monotonic, when the process was back (t0 when nothing is restarted)
-    down_s: float
-    homes: dict[int, int | None]  # socket index -> bridge it was on at the fault
-    expect: Callable[[int | None], Expect]  # by the bridge a socket was on
-    group: Callable[[int | None, SocketPlan], str | None]  # whose heal times make which figures (None: none)
-    heal_by: float  # monotonic: wait for fresh books until then at most
-    restore: Callable[[], list[str]] = list  # after the heal: bring the system back whole; problems seen
-    elsewhere: tuple[str, ...] = ()  # groups that heal without the process back (sockets failing over)
-
-
-@dataclass(slots=True)
-class FaultResult:
-    kind: str
-    round: int
-    victim: str
-    down_s: float
-    back_s: float
-    heal_s: dict[str, list[float]] = field(default_factory=dict)  # by group of sockets, seconds from the fault
-    stale_s: dict[str, list[float]] = field(default_factory=dict)
-    missed: list[str] = field(default_factory=list)  # deadlines and expectations, per socket
-    bad_messages: list[str] = field(default_factory=list)  # checksum, order, malformed: sockets and bus
-    bad_counts: dict[str, int] = field(default_factory=dict)  # the same, counted by kind (fault_checks.CHECKSUM, ...)
-    sockets: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # name: (stale s, heal s)
-    problems: list[str] = field(default_factory=list)  # the system did not come back whole
-    elsewhere: tuple[str, ...] = ()  # groups whose heal does not wait for the process (no "after back" figure)
-
-    @property
-    def failures(self) -> list[str]:
-        return [*self.bad_messages, *self.missed, *self.problems]
+    redis_cluster: int = 0  # 0: one Redis; N: a Redis Cluster of N primaries, each with a replica
+    universe: int = 8  # instruments the simulator lists
 
 
 def instruments_of(url: str) -> tuple[Instrument, ...]:
@@ -144,17 +117,19 @@ class Suite:
         self.rng = random.Random(config.seed)
         self._tmp = None if config.logs else tempfile.TemporaryDirectory(prefix="md-faults-")
         logs = config.logs or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.cluster = Cluster(logs, config.rate, config.seed, lease=config.lease)
+        self.cluster = Cluster(logs, config.rate, config.seed, lease=config.lease, redis_cluster=config.redis_cluster, universe=config.universe)
         self.fleet: Fleet | None = None
-        self._bridge_turn = 0
+        self.followed: list[str] = []
+        self._bridge_turn = self._primary_turn = 0
 
     def __enter__(self) -> Suite:
         self.cluster.__enter__()
         try:
             listed = wait_until(lambda: instruments_of(self.cluster.urls[0]), 30, "the instrument list from bridge-1")
-            ids = [i.id for i in listed][: self.config.instruments]
+            ids = self.followed = [i.id for i in listed][: self.config.instruments]
             plans = plan_sockets(self.config.sockets, len(self.cluster.bridges), ids)
-            self.fleet = Fleet(plans, self.cluster.urls, self.cluster.inspect_url, Verifier(listed), self.config.seed).__enter__()
+            tap = [self.cluster.keys.book(i) for i in ids] if self.config.redis_cluster else None
+            self.fleet = Fleet(plans, self.cluster.urls, self.cluster.inspect_url, Verifier(listed), self.config.seed, tap).__enter__()
             trouble = self.settle()
             if trouble:
                 raise ProcessError(f"the system did not start whole: {trouble}")
@@ -200,7 +175,8 @@ class Suite:
         trouble = self.settle()
         time.sleep(self.rng.uniform(*BEFORE))
         struck = getattr(self, f"_{kind}")()
-        deadline = min(struck.heal_by, max(struck.back + struck.expect(h).fresh_within for h in {*struck.homes.values()}) + GRACE)
+        plans = [s.plan for s in self.fleet.sockets]
+        deadline = min(struck.heal_by, max(struck.back + struck.expect(struck.homes.get(p.index), p).fresh_within for p in plans) + GRACE)
         try:
             wait_until(lambda: self.fleet.unhealed() == 0, max(0.0, deadline - time.monotonic()), "fresh books", interval=0.02)
         except ProcessError:
@@ -223,7 +199,7 @@ class Suite:
                 continue
             home = struck.homes.get(s.plan.index)
             where = f"{s.plan.label} (on bridge-{home + 1} at the fault)" if home is not None else s.plan.label
-            outcome: Outcome = judge(where, s.watch, struck.expect(home), struck.back, s.live)
+            outcome: Outcome = judge(where, s.watch, struck.expect(home, s.plan), struck.back, s.live)
             result.missed.extend(outcome.problems)
             result.sockets[s.plan.name] = (_rounded(outcome.stale_s), _rounded(outcome.heal_s))
             group = struck.group(home, s.plan)
@@ -258,7 +234,7 @@ class Suite:
         self.cluster.restart(sim)
         self.cluster.wait_listening(sim)
         expect = Expect(REQUIRED, 5.0, "the simulator back")
-        return Struck("sim", t0, time.monotonic(), down, homes, lambda _h: expect, _everyone, float("inf"))
+        return Struck("sim", t0, time.monotonic(), down, homes, lambda _h, _p: expect, _everyone, float("inf"))
 
     def _redis(self) -> Struck:
         t0, homes = self._mark()
@@ -267,7 +243,7 @@ class Suite:
         down = self._out_for("redis", t0)
         self.cluster.restart_redis()
         expect = Expect(REQUIRED, 5.0, "Redis back")
-        return Struck("redis", t0, time.monotonic(), down, homes, lambda _h: expect, _everyone, float("inf"))
+        return Struck("redis", t0, time.monotonic(), down, homes, lambda _h, _p: expect, _everyone, float("inf"))
 
     def _leader(self) -> Struck:
         return self._ingestor(self.cluster.leader(), "a leading ingestor", ALLOWED)  # a takeover may flash stale
@@ -289,7 +265,7 @@ class Suite:
             self.cluster.restart(victim)
             return []
 
-        return Struck(victim.name, t0, t0, 0.0, homes, lambda _h: expect, _everyone, float("inf"), again)
+        return Struck(victim.name, t0, t0, 0.0, homes, lambda _h, _p: expect, _everyone, float("inf"), again)
 
     def _bridge(self) -> Struck:
         # In turn, not at random: the sockets that fail over follow the victim of the round
@@ -311,7 +287,7 @@ class Suite:
                 return None
             return BACK_TO_IT if plan.sticky else TO_THE_OTHER
 
-        return Struck(victim.name, t0, time.monotonic(), down, homes, lambda h: theirs if h == index else others, group,
+        return Struck(victim.name, t0, time.monotonic(), down, homes, lambda h, _p: theirs if h == index else others, group,
                       float("inf"), elsewhere=(TO_THE_OTHER,))
 
     def _pause(self) -> Struck:
@@ -333,7 +309,10 @@ class Suite:
             return []
 
         expect = Expect(ALLOWED, 2.0, "the pause (nothing restarted)")
-        return Struck(victim.name, t0, t0, until - t0, homes, lambda _h: expect, _everyone, until, wake)
+        return Struck(victim.name, t0, t0, until - t0, homes, lambda _h, _p: expect, _everyone, until, wake)
+
+    def _primary(self) -> Struck:
+        return strike_primary(self)
 
     def run(self, report: Callable[[FaultResult], None] | None = None) -> list[FaultResult]:
         """Every kind in turn, `rounds` times."""
@@ -363,15 +342,18 @@ def parse(argv: list[str] | None = None) -> tuple[Config, Path | None]:
     p.add_argument("--instruments", type=int, default=4, help="instruments the sockets follow (default 4)")
     p.add_argument("--rate", type=float, default=20.0, help="simulator events/s per instrument (default 20)")
     p.add_argument("--seed", type=int, default=1, help="seeds the fault moments and outages (default 1)")
-    p.add_argument("--kinds", default=",".join(KINDS), help=f"faults to strike, in turn (default {','.join(KINDS)})")
+    p.add_argument("--kinds", help=f"faults to strike, in turn (default {','.join(KINDS)}; with --redis-cluster {','.join(CLUSTER_KINDS)})")
+    p.add_argument("--redis-cluster", type=int, default=0, help="run on a Redis Cluster of this many primaries, each with a replica (default 0: one Redis)")
+    p.add_argument("--universe", type=int, default=8, help="instruments the simulator lists (default 8)")
     p.add_argument("--json", type=Path, help="write the results as JSON to this file")
     p.add_argument("--logs", type=Path, help="keep the processes' logs in this folder (default: a temporary one)")
     args = p.parse_args(argv)
-    kinds = tuple(k for k in args.kinds.split(",") if k)
-    unknown = [k for k in kinds if k not in KINDS]
+    kinds = tuple(k for k in (args.kinds or ",".join(CLUSTER_KINDS if args.redis_cluster else KINDS)).split(",") if k)
+    unknown = [k for k in kinds if k not in LABELS]
     if unknown or args.rounds < 1 or args.sockets < 1 or args.instruments < 1:
         p.error(f"unknown fault {unknown[0]!r} (choose from {', '.join(KINDS)})" if unknown else "rounds, sockets and instruments must be at least 1")
-    return Config(args.rounds, args.sockets, args.instruments, args.rate, args.seed, kinds, logs=args.logs), args.json
+    return Config(args.rounds, args.sockets, args.instruments, args.rate, args.seed, kinds, logs=args.logs,
+                  redis_cluster=args.redis_cluster, universe=args.universe), args.json
 
 
 def main(argv: list[str] | None = None) -> int:

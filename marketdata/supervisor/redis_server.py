@@ -17,7 +17,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -81,6 +81,9 @@ class RedisServer:
     The server is a child that dies with this process, even on `kill -9` on Linux (see
     processes.py), so start it from the main thread or one that lives as long as the server.
     With `tls` it listens for TLS only (a build of Redis or Valkey with TLS support).
+    `extra_args` are more server options (marketdata.supervisor.redis_cluster makes nodes
+    of a cluster with them); the folder, hence any file the server writes there, is kept
+    from start to start until close().
     """
 
     def __init__(
@@ -92,12 +95,14 @@ class RedisServer:
         passwords: Mapping[str, str] | None = None,
         prefix: str = "md",
         tls: Tls | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.binary = binary or server_binary()
         self.prefix = prefix
         self.tls = tls
+        self.extra_args = list(extra_args)  # more server options, after ours (a cluster node's, say)
         self._passwords = {**new_passwords(), **(passwords or {})}
         self._acl = acl.acl_lines(self._passwords, prefix)  # the admin user last: it is in the passwords
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -155,6 +160,7 @@ class RedisServer:
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(folder / "server.log"),
+            *self.extra_args,
         ]
         # Its own session (as every child of processes.spawn): a Ctrl-C in the terminal must
         # not stop Redis before the processes that use it; whoever started it stops it last.

@@ -1,6 +1,7 @@
 """`marketdata up`: the whole system in one terminal.
 
-Starts the embedded Redis (unless --redis-url names one), the simulator, N
+Starts the embedded Redis (unless --redis-url names one; with --redis-cluster N, an
+embedded Redis Cluster of N primaries with a replica each: see up_redis.py), the simulator, N
 ingestors (one leads, the others stand by) and N bridges as child processes, prefixes their logs, prints where to
 look, and restarts a child that dies. The embedded Redis runs with the users of the
 roles (marketdata.supervisor.acl): the ingestors log in as `ingest`, the bridges as
@@ -25,17 +26,15 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from marketdata import processes
 from marketdata.errors import MarketDataError
-from marketdata.logs import redact
 from marketdata.settings import UpSettings
-from marketdata.supervisor.acl import ROLES
 from marketdata.supervisor.output import Output
 from marketdata.supervisor.ports import describe_holder, is_free
-from marketdata.supervisor.redis_server import RedisServer
+from marketdata.supervisor.up_redis import UpRedis
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +98,12 @@ class Child:
                 await asyncio.wait_for(self.pump, 1.0)
 
 
-def plan(settings: UpSettings, redis_urls: Mapping[str, str], output: Output) -> list[Child]:
+def plan(settings: UpSettings, redis_urls: Mapping[str, str], output: Output, redis_args: Sequence[str] = ()) -> list[Child]:
     """The child processes, in start order (stopped in reverse).
 
     `redis_urls` holds the URL of each role ("ingest", "bridge"); it goes into the child's
     environment, since a password on a command line is visible to every user (ps, /proc).
+    `redis_args` go on the command lines of those roles (`--redis-cluster`).
     """
     level = ["--log-level", logging.getLevelName(logging.getLogger().level).lower()]
     sim_addr = f"127.0.0.1:{settings.sim_port}"
@@ -113,11 +113,11 @@ def plan(settings: UpSettings, redis_urls: Mapping[str, str], output: Output) ->
                       "--universe", str(settings.universe), *level], output),
     ]
     for i in range(settings.ingestors):
-        children.append(Child(f"ingest-{i + 1}", ["ingest", "--sim", sim_addr, "--depth", str(settings.depth), *level],
+        children.append(Child(f"ingest-{i + 1}", ["ingest", "--sim", sim_addr, "--depth", str(settings.depth), *redis_args, *level],
                               output, {"MD_REDIS_URL": redis_urls["ingest"]}))
     for i in range(settings.bridges):
         children.append(Child(f"bridge-{i + 1}", ["bridge", "--host", settings.host, "--port", str(settings.port + i),
-                                                   "--workers", str(settings.bridge_workers), *level],
+                                                   "--workers", str(settings.bridge_workers), *redis_args, *level],
                               output, {"MD_REDIS_URL": redis_urls["bridge"]}, BRIDGE_STOP_TIMEOUT))
     return children
 
@@ -182,7 +182,7 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
     return True
 
 
-async def _stop_all(children: list[Child], redis: RedisServer | None) -> None:
+async def _stop_all(children: list[Child], redis: UpRedis | None) -> None:
     """Bridges first (together), then the other children in reverse start order, Redis last."""
     log.info("stopping")
     bridges = [c for c in children if c.name.startswith("bridge")]
@@ -196,26 +196,14 @@ async def _stop_all(children: list[Child], redis: RedisServer | None) -> None:
     log.info("stopped")
 
 
-def _banner(settings: UpSettings, redis: RedisServer | None, redis_url: str) -> str:
+def _banner(settings: UpSettings, redis: UpRedis) -> str:
     """Where to look. The only password in it is the read-only `inspect` user's."""
     shown_host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     lines = ["", "marketdata is up:"]
     for i in range(settings.bridges):
         lines.append(f"  dashboard  http://{shown_host}:{settings.port + i}/")
     lines.append(f"  simulator  grpc 127.0.0.1:{settings.sim_port}   (marketdata client --sim 127.0.0.1:{settings.sim_port})")
-    if redis is not None:
-        # REDISCLI_AUTH keeps even this password off redis-cli's command line (and its warning away)
-        login = f"REDISCLI_AUTH={redis.password('inspect')}"
-        command = f"-p {redis.port} --user inspect subscribe md:book:BTC-USD"
-        cli = os.path.join(os.path.dirname(redis.binary), "valkey-cli")
-        lines.append(f"  redis      redis://{redis.host}:{redis.port}/0   (embedded; users {', '.join(ROLES)}, the default user off)")
-        lines.append(f"  inspect    {login} redis-cli {command}")
-        if os.access(cli, os.X_OK):
-            lines.append(f"             (no redis-cli? {login} {cli} {command})")
-    else:
-        shown = redact(redis_url)
-        lines.append(f"  redis      {shown}")
-        lines.append(f"  inspect    redis-cli -u {shown} subscribe md:book:BTC-USD" + ("   (*** is your password)" if shown != redis_url else ""))
+    lines += redis.banner()
     lines.append("Ctrl-C stops everything.")
     return "\n".join(lines) + "\n"
 
@@ -233,19 +221,15 @@ async def supervise(settings: UpSettings) -> int:
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     output = Output(loop, stop.set)
-    redis: RedisServer | None = None
+    redis: UpRedis | None = None
     children: list[Child] = []
     try:
-        if settings.redis_url is None:
-            redis = RedisServer().start()  # from the loop's thread: the main one (see processes.py)
-            redis_url = redis.url
-            urls = {role: redis.url_for(role) for role in ("ingest", "bridge")}
-        else:
-            redis_url = settings.redis_url  # its users are the owner's business: every role logs in with this one
-            urls = {"ingest": redis_url, "bridge": redis_url}
-        children = plan(settings, urls, output)
+        redis = UpRedis(settings)
+        redis.start()  # from the loop's thread: the main one (see processes.py)
+        urls = {role: redis.url_for(role) for role in ("ingest", "bridge")}
+        children = plan(settings, urls, output, redis.child_args())
         if await _unless_stopped(_start_all(children, settings), stop):
-            output.print(_banner(settings, redis, redis_url))
+            output.print(_banner(settings, redis))
             await _watch(children, redis, stop)
     finally:
         await _stop_all(children, redis)
@@ -255,7 +239,7 @@ async def supervise(settings: UpSettings) -> int:
     return 0
 
 
-async def _watch(children: list[Child], redis: RedisServer | None, stop: asyncio.Event) -> None:
+async def _watch(children: list[Child], redis: UpRedis, stop: asyncio.Event) -> None:
     """Restart any child (or the embedded Redis) that dies, with backoff, until `stop` is set."""
     while not stop.is_set():
         waiters = {asyncio.create_task(c.proc.wait()): c for c in children if c.proc is not None}
@@ -266,9 +250,7 @@ async def _watch(children: list[Child], redis: RedisServer | None, stop: asyncio
             task.cancel()
         if stop.is_set():
             return
-        if redis is not None and not redis.alive:
-            log.error("embedded redis died; restarting it on port %d", redis.port)
-            redis.restart()
+        redis.heal()
         for task in done:
             child = waiters.get(task)
             if child is None:

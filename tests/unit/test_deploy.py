@@ -97,7 +97,36 @@ def test_compose_reads_every_password_from_env_and_env_example_names_them() -> N
     used = set(re.findall(r"\$\{(\w+)", text))
     example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
-    assert used == set(example) == {"REDIS_INGEST_PASSWORD", "REDIS_BRIDGE_PASSWORD", "REDIS_INSPECT_PASSWORD"}
+    assert used == set(example) == {"REDIS_INGEST_PASSWORD", "REDIS_BRIDGE_PASSWORD", "REDIS_INSPECT_PASSWORD",
+                                    "REDIS_CLUSTER_PASSWORD"}  # the last for the cluster profile's nodes
     assert ".env" in (ROOT / ".gitignore").read_text().split(), ".env holds passwords: git must ignore it"
     script = next(v.split(":")[0] for v in yaml.safe_load(text)["services"]["redis"]["volumes"] if "redis-acl.sh" in v)
     assert (ROOT / script).is_file()
+
+
+def test_the_cluster_profile_runs_six_nodes_a_creator_and_the_roles_in_cluster_mode(compose: dict,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose["services"]
+    cluster = {name for name, service in services.items() if "cluster" in service.get("profiles", [])}
+    nodes = sorted(name for name in cluster if name.startswith("redis-node-"))
+    assert nodes == [f"redis-node-{i}" for i in range(1, 7)]
+    assert not any(service.get("profiles") for name, service in services.items() if name in ("redis", "sim", "ingest", "bridge"))
+    for name in nodes:
+        line = " ".join(_command_lines(services[name]))
+        assert "--cluster-enabled yes" in line and "--aclfile" in line and "redis-acl.sh" in line, name
+        assert "--user inspect" in line, f"{name}: the healthcheck logs in as nobody"
+    create = " ".join(_command_lines(services["redis-cluster-create"]))
+    assert "--cluster create" in create and "--cluster-replicas 1" in create and "redis-node-$$n" in create
+    assert set(services["redis-cluster-create"]["depends_on"]) == set(nodes)
+    for role in ("ingest", "bridge"):
+        service = services[f"{role}-cluster"]
+        assert service["command"] == [role, "--redis-cluster"]
+        url = service["environment"]["MD_REDIS_URL"]
+        assert re.fullmatch(rf"redis://{role}:\$\{{REDIS_{role.upper()}_PASSWORD(:\?[^}}]*)?\}}@redis-node-1:6379/0", url), url
+        assert service["depends_on"]["redis-cluster-create"]["condition"] == "service_completed_successfully"
+        help_text = _help(role)
+        for name, value in service["environment"].items():
+            assert f"env {name};" in help_text, f"{role}-cluster: {name} is not a setting of `marketdata {role}`"
+            monkeypatch.setenv(name, str(value))
+        ns = build_parser().parse_args(service["command"])
+        assert ns.command == role
