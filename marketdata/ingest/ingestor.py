@@ -49,9 +49,13 @@ from marketdata.errors import BookError, ChecksumMismatch, StreamEnded
 from marketdata.feed import select_instruments
 from marketdata.ingest.lease import Fence, Lease, Step, refusal
 from marketdata.ingest.metrics import Gauges, MetricsServer
-from marketdata.ingest.publish_queue import IngestStats, PublishQueue, drain_commands, tally
-from marketdata.ingest.redis_link import ERRORS, REDIS_TIMEOUT, RedisLink
-from marketdata.ingest.redis_link import timeout as _timeout
+from marketdata.ingest.publish_queue import (
+    IngestStats,
+    PublishQueue,
+    drain_commands,
+    tally,
+)
+from marketdata.ingest.redis_link import ERRORS, REDIS_TIMEOUT, RedisLink, timeout
 from marketdata.ingest.slot_writes import slot_commands
 from marketdata.logs import Throttled, redact
 from marketdata.settings import IngestSettings
@@ -237,12 +241,12 @@ class Ingestor:
                 beat = schema.encode_heartbeat(now_us(), self.source)
                 commands = [self.lease.renew(self._leader_key, self._heartbeat_key, beat, self._heartbeat_ms), *commands]
             try:
-                async with _timeout(REDIS_TIMEOUT):
+                async with timeout(REDIS_TIMEOUT):
                     results = await self._redis.pipeline(commands)
             except ERRORS as exc:
                 await self._lost(exc)
                 continue
-            if self._healing is None:
+            if self._healing is None or self._healing.done():
                 self.redis_up = True
             if beat_owed:
                 self._beat_owed = False
@@ -267,14 +271,9 @@ class Ingestor:
         """One server: publish nothing until it answers. A cluster: retry the lost shard aside, the others publish on."""
         if not self.settings.redis_cluster:
             await self._redis_lost(exc)
-        elif self._healing is None:
+        elif self._healing is None or self._healing.done():
             self.redis_up = False
             self._healing = asyncio.create_task(self._redis_lost(exc), name="ingest-heal")
-            self._healing.add_done_callback(self._healed)
-
-    def _healed(self, task: asyncio.Task[None]) -> None:
-        if self._healing is task:
-            self._healing = None
 
     async def _redis_lost(self, exc: BaseException) -> None:
         """Retry until Redis (every shard of a cluster) answers, then make every book and the instrument list due again."""
@@ -320,7 +319,7 @@ class Ingestor:
         note: str | None = None
         try:
             # Not one lease period: a reply waiting for us after a pause still counts; the next renewal's fence says who leads.
-            async with _timeout(REDIS_TIMEOUT):
+            async with timeout(REDIS_TIMEOUT):
                 if step is Step.ACQUIRE:
                     note = lease.acquired(await self._redis.execute_command(*lease.acquire(keys, beat, self._heartbeat_ms)), started)
                 else:
@@ -363,7 +362,7 @@ class Ingestor:
         if self._redis is None or not self.lease.leading:
             return
         try:
-            async with _timeout(min(REDIS_TIMEOUT, self.lease.period)):
+            async with timeout(min(REDIS_TIMEOUT, self.lease.period)):
                 deleted = await self._redis.execute_command(*self.lease.release(self._leader_key))
         except ERRORS as exc:
             log.warning("could not release the lease (%s); a standby takes over when it expires", exc)

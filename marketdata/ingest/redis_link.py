@@ -9,17 +9,18 @@ redis-py sends under asyncio.wait_for when one is set, which on Python 3.11 can 
 a cancellation; the caller bounds each round trip with REDIS_TIMEOUT instead.
 client_name: `CLIENT LIST` on any node tells ingestors apart.
 
-On a cluster, redis-py's cluster pipeline groups commands by node and sends the
-nodes' batches in parallel, but when one node cannot be reached it raises for the
-whole pipeline, and the other nodes' answers are lost (with raise_on_error=False it
-answers per command only for errors that came back in a reply). So `pipeline` splits
-the drain by node itself, one cluster pipeline per node, all in parallel, each
-bounded by REDIS_TIMEOUT: a dead primary fails its own commands and the other shards'
-books go out and are counted. redis-py follows MOVED itself (the slot moved, its map
-is patched) but does not refresh its slot map after a connection error inside a
-pipeline, so `check` refreshes it from any node that answers, then PINGs every
-primary: it passes once a failed primary's replica has been promoted and the map
-names it.
+On a cluster, redis-py 8.1's cluster pipeline groups commands by node and sends the
+nodes' batches in parallel. With raise_on_error=False it answers per command for
+errors in a reply (a fence's refusal) and for a connection lost mid-reply, but when a
+node refuses the connection (its primary is dead) it raises for the whole pipeline
+and the other nodes' answers are lost. So `pipeline` splits the drain by node itself,
+one cluster pipeline per node, all in parallel, each bounded by REDIS_TIMEOUT: a dead
+primary fails its own commands and the other shards' books go out and are counted.
+redis-py follows MOVED itself (it patches its slot map and sends the command again)
+but does not refresh its map after a connection error inside a pipeline: it would
+keep sending to the dead node. So `check` reads the map again from any node that
+answers, then PINGs every primary: it passes once a failed primary's replica has been
+promoted and the map names it.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class RedisLink:
 
     def __init__(self, url: str, cluster: bool, client_name: str) -> None:
         self.cluster = cluster
-        options = dict(
-            retry=Retry(NoBackoff(), 0), socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=None, client_name=client_name
-        )
+        options = {
+            "retry": Retry(NoBackoff(), 0), "socket_connect_timeout": REDIS_TIMEOUT, "socket_timeout": None, "client_name": client_name,
+        }
         self.client: aredis.Redis | RedisCluster = (
             RedisCluster.from_url(url, **options) if cluster else aredis.Redis.from_url(url, **options)
         )

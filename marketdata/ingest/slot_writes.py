@@ -71,7 +71,7 @@ def fence_key(prefix: str, slot: int) -> bytes:
 class _Slot:
     """One slot's share of a drain, in the drain's order."""
 
-    __slots__ = ("book_keys", "book_args", "trade_keys", "trade_args")
+    __slots__ = ("book_args", "book_keys", "trade_args", "trade_keys")
 
     def __init__(self) -> None:
         self.book_keys: list[bytes] = []

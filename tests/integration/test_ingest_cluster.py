@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Self
 from urllib.parse import urlsplit
 
 import orjson
@@ -23,7 +24,13 @@ from marketdata.clock import now_us
 from marketdata.ingest.ingestor import Ingestor
 from marketdata.ingest.lease import Holder, refusal
 from marketdata.ingest.publish_queue import Drain
-from marketdata.ingest.slot_writes import INSTRUMENTS_LUA, SLOT_LUA, fence_key, slot_commands, slot_of
+from marketdata.ingest.slot_writes import (
+    INSTRUMENTS_LUA,
+    SLOT_LUA,
+    fence_key,
+    slot_commands,
+    slot_of,
+)
 from marketdata.instruments import Instrument
 from marketdata.settings import IngestSettings, SimSettings
 from marketdata.supervisor.redis_cluster import RedisClusterServer
@@ -91,7 +98,7 @@ class ShardListener:
         self.messages: list[tuple[str, bytes, float]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> ShardListener:
+    async def __aenter__(self) -> Self:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         for channel in self.channels:  # one SSUBSCRIBE per channel: each may name channels of one slot only
             await pubsub.ssubscribe(channel)
@@ -288,7 +295,7 @@ async def test_a_killed_primary_heals_and_the_other_shards_keep_flowing(sim200: 
             if not lease_shard:
                 assert max(stalls) < 1.5, f"another shard stalled {max(stalls):.1f} s while the dead one was retried"
             assert heal - promoted_after < 2.5, f"books came back {heal - promoted_after:.1f} s after the replica's promotion"
-            print(f"replica promoted {promoted_after:.1f} s after the kill, books back {heal:.1f} s after the kill; "  # noqa: T201
+            print(f"replica promoted {promoted_after:.1f} s after the kill, books back {heal:.1f} s after the kill; "
                   f"longest stall of another shard {max(stalls):.2f} s")
     finally:
         await admin.aclose()
