@@ -15,7 +15,8 @@ errors in a reply (a fence's refusal) and for a connection lost mid-reply, but w
 node refuses the connection (its primary is dead) it raises for the whole pipeline
 and the other nodes' answers are lost. So `pipeline` splits the drain by node itself,
 one cluster pipeline per node, all in parallel, each bounded by REDIS_TIMEOUT: a dead
-primary fails its own commands and the other shards' books go out and are counted.
+primary fails its own commands and the other shards' books go out and are counted;
+until `check` passes, a node that failed is not tried again (its commands fail at once).
 redis-py follows MOVED itself (it patches its slot map and sends the command again)
 but does not refresh its map after a connection error inside a pipeline: it would
 keep sending to the dead node. So `check` reads the map again from any node that
@@ -59,6 +60,7 @@ class RedisLink:
         self.client: aredis.Redis | RedisCluster = (
             RedisCluster.from_url(url, **options) if cluster else aredis.Redis.from_url(url, **options)
         )
+        self._away: dict[str, BaseException] = {}  # cluster nodes that failed a round trip, skipped until `check` passes
 
     def backoff(self) -> Backoff:
         """How to wait between attempts while Redis (or a shard of it) is away."""
@@ -86,21 +88,25 @@ class RedisLink:
                 groups.setdefault(client.get_node_from_key(command[3]).name, []).append(i)  # type: ignore[union-attr]
         except ERRORS as exc:
             return [exc] * len(commands)
-        answers = await asyncio.gather(*(self._node_round_trip([commands[i] for i in group]) for group in groups.values()))
+        answers = await asyncio.gather(*(self._node_round_trip(node, [commands[i] for i in group]) for node, group in groups.items()))
         for group, answer in zip(groups.values(), answers):
             for i, result in zip(group, answer):
                 results[i] = result
         return results
 
-    async def _node_round_trip(self, commands: list[Command]) -> list[object]:
-        pipe = self.client.pipeline()
-        for command in commands:
-            pipe.execute_command(*_named(command))
-        try:
-            async with timeout(REDIS_TIMEOUT):
-                return await pipe.execute(raise_on_error=False)
-        except ERRORS as exc:
-            return [exc] * len(commands)
+    async def _node_round_trip(self, node: str, commands: list[Command]) -> list[object]:
+        """One node's share; a node that failed one is not tried again (a hung one would hold every drain back) until `check` passes."""
+        failed = self._away.get(node)
+        if failed is None:
+            pipe = self.client.pipeline()
+            for command in commands:
+                pipe.execute_command(*_named(command))
+            try:
+                async with timeout(REDIS_TIMEOUT):
+                    return await pipe.execute(raise_on_error=False)
+            except ERRORS as exc:
+                failed = self._away[node] = exc
+        return [failed] * len(commands)
 
     async def check(self) -> None:
         """Raise unless Redis answers: the server a PING; a cluster its slot map (read again) and every primary a PING."""
@@ -111,6 +117,7 @@ class RedisLink:
             await self.client.initialize()
             await self.client.nodes_manager.initialize()
             await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+        self._away.clear()
 
     async def aclose(self) -> None:
         await self.client.aclose()
