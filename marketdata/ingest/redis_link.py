@@ -14,7 +14,7 @@ nodes' batches in parallel. With raise_on_error=False it answers per command for
 errors in a reply (a fence's refusal) and for a connection lost mid-reply, but when a
 node refuses the connection (its primary is dead) it raises for the whole pipeline
 and the other nodes' answers are lost. So `pipeline` splits the drain by node itself,
-one cluster pipeline per node, all in parallel, each bounded by REDIS_TIMEOUT: a dead
+one cluster pipeline per node, all in parallel, each bounded by NODE_TIMEOUT: a dead
 primary fails its own commands and the other shards' books go out and are counted;
 until `check` passes, a node that failed is not tried again (its commands fail at once).
 redis-py follows MOVED itself (it patches its slot map and sends the command again)
@@ -46,6 +46,11 @@ ERRORS = (RedisError, OSError, TimeoutError, RedisClusterException)
 # a primary died: retry every half second at most, so that books flow again within
 # about that of the promotion. A single server keeps the usual cap.
 CLUSTER_RETRY_CAP = 0.5
+# A node's share of a drain gets a second less than the whole round trip, so that a hung
+# node is found out (and skipped) before the ingestor gives up on the drain; a cluster
+# check gets 1 s (a PING each), so that a node that hangs does not hold the retries back.
+NODE_TIMEOUT = REDIS_TIMEOUT - 1.0
+CHECK_TIMEOUT = 1.0
 timeout = getattr(asyncio, "timeout", None) or (lambda _delay: contextlib.nullcontext())  # Python 3.10: unbounded
 
 
@@ -102,7 +107,7 @@ class RedisLink:
             for command in commands:
                 pipe.execute_command(*_named(command))
             try:
-                async with timeout(REDIS_TIMEOUT):
+                async with timeout(NODE_TIMEOUT):
                     return await pipe.execute(raise_on_error=False)
             except ERRORS as exc:
                 failed = self._away[node] = exc
@@ -110,7 +115,7 @@ class RedisLink:
 
     async def check(self) -> None:
         """Raise unless Redis answers: the server a PING; a cluster its slot map (read again) and every primary a PING."""
-        async with timeout(REDIS_TIMEOUT):
+        async with timeout(CHECK_TIMEOUT if self.cluster else REDIS_TIMEOUT):
             if not isinstance(self.client, RedisCluster):
                 await self.client.ping()
                 return
