@@ -329,7 +329,8 @@ class Ingestor:
             holder = refusal(str(exc)) if isinstance(exc, ResponseError) else False
             if holder is False:
                 self._redis_unreachable(exc)
-                note = lease.unreachable(loop.time())
+                # A cluster's slot fences, not the lease's TTL, keep a stale leader out: lead on while the `{leader}` shard fails over.
+                note = None if self.settings.redis_cluster else lease.unreachable(loop.time())
             else:
                 self.stats.fenced_writes += 1  # the renewal, and the heartbeat it carried
                 note = lease.held_by(holder)  # type: ignore[arg-type]

@@ -17,7 +17,10 @@ that wrote to that slot. A writer whose token is lower is refused the same way
 (`FENCED <fence value>`); a higher one raises the fence to its own value and writes.
 A new leader republishes every book at once, which raises the fence of every slot in
 use, so a paused ex-leader is refused everywhere right after. The lease scripts below
-run unchanged: the lease, its token and the heartbeat share the `{leader}` slot.
+run unchanged: the lease, its token and the heartbeat share the `{leader}` slot. While
+that slot's primary fails over nobody can renew or take the lease, so there the
+ingestor does not give up a lease it cannot reach (`unreachable`): the leader publishes
+on to the other shards, and the fences, not the lease's TTL, keep a stale one out.
 
 `Lease` is one ingestor's view: the shell asks it what to do next (`step`), runs the
 matching command, and reports the answer back; each report may return a line to log
