@@ -118,6 +118,8 @@ class Watch:
     stamped once the fault has happened: nothing the victim sent before counts) and, when
     `epoch_before` is given (a simulator restart), belongs to another epoch than the
     instrument had at the mark. `fresh_at` is when every instrument of the socket had one.
+    `longest_gap` is the longest wait for a verified book of one instrument since `t0`
+    (`gap_of` names it): a socket that must not notice the fault must not wait either.
     """
 
     t0: float
@@ -129,6 +131,9 @@ class Watch:
     closed_at: float | None = None
     closed_how: str = ""
     fresh_at: float | None = None
+    longest_gap: float = 0.0
+    gap_of: str = ""
+    last_book: dict[str, float] = field(default_factory=dict)
 
     def feed(self, live: bool, reason: str, now: float) -> None:
         if not live and self.stale_at is None:
@@ -139,6 +144,11 @@ class Watch:
             self.closed_at, self.closed_how = now, how
 
     def book(self, book: Book, now: float) -> None:
+        if book.problem is None:
+            gap = now - self.last_book.get(book.instrument, self.t0)
+            self.last_book[book.instrument] = now
+            if gap > self.longest_gap:
+                self.longest_gap, self.gap_of = gap, book.instrument
         if self.fresh_at is not None or book.problem is not None or book.pts < self.after_us:
             return
         if self.epoch_before is not None and book.epoch == self.epoch_before.get(book.instrument):
@@ -190,6 +200,7 @@ class Expect:
     what_back: str
     closing: bool = False
     stale_within: float = 2.0
+    max_gap: float | None = None  # seconds a socket may wait for a book of one of its instruments (None: not judged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +230,8 @@ def judge(name: str, watch: Watch, expect: Expect, back: float, live: bool | Non
             problems.append(f"{name}: stale signalled {stale_s:.2f} s after the fault ({how}), over {expect.stale_within:g} s")
     elif expect.stale == FORBIDDEN and watch.stale_at is not None:
         problems.append(f"{name}: {watch.stale_how} {watch.stale_at - t0:.2f} s after the fault, where nothing should be visible")
+    if expect.max_gap is not None and watch.longest_gap > expect.max_gap:
+        problems.append(f"{name}: waited {watch.longest_gap:.2f} s for a book of {watch.gap_of}, over {expect.max_gap:g} s")
     heal_s = None if watch.fresh_at is None else watch.fresh_at - t0
     if watch.fresh_at is None:
         waiting = ", ".join(sorted(watch.pending))

@@ -85,10 +85,14 @@ class Cluster:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("MD_")}, "PYTHONUNBUFFERED": "1"}
 
         def role(name: str, *args: str, port: int | None = None, metrics_port: int | None = None, user: str = "") -> Role:
-            """A role process; `user` is the Redis user it logs in as, whose URL it finds in MD_REDIS_URL (as under `up`)."""
+            """A role process; `user` is the Redis user it logs in as, whose URL it finds in MD_REDIS_URL (as under `up`),
+            set once Redis runs (a cluster's URL names a node that serves)."""
             argv = [sys.executable, "-m", "marketdata", *args]
-            mine = {**env, "MD_REDIS_URL": self.redis.url_for(user)} if user else env
-            return Role(name, LoggedProcess(name, argv, logs / f"{name}.log", env=mine, cwd=ROOT), port, metrics_port)
+            if user:
+                self._users[name] = user
+            return Role(name, LoggedProcess(name, argv, logs / f"{name}.log", env=dict(env), cwd=ROOT), port, metrics_port)
+
+        self._users: dict[str, str] = {}
 
         sim_port = free_port()
         self.sim = role("sim", "sim", "--host", "127.0.0.1", "--port", str(sim_port), "--rate", f"{rate:g}", "--seed", str(seed),
@@ -128,6 +132,8 @@ class Cluster:
             else:
                 self._client = redis.Redis.from_url(self.inspect_url, socket_connect_timeout=0.5, socket_timeout=1.0)
             for r in self.roles:
+                if r.name in self._users:
+                    r.process.env["MD_REDIS_URL"] = self.redis.url_for(self._users[r.name])  # type: ignore[index]
                 r.process.start()
             for r in (self.sim, *self.bridges):
                 self.wait_listening(r)

@@ -8,6 +8,12 @@ hub) wants whenever that changes. The poller reads the ingestor's heartbeat abou
 a second (bridge.feed_state) and reloads the instrument list (bridge.instrument_list)
 every few seconds. Verified books arriving also count as news of the feed
 (`books_flowing`): a feed that comes back is live at once, not at the next poll.
+
+With settings.redis_cluster the commands go through a cluster client (RedisCluster,
+which routes each key to its slot's primary) and the subscriptions are sharded
+(bridge.shards: a connection per primary, each healing by itself when its primary
+dies or a slot moves); the feed state is the same, and one shard's outage alone does
+not make the feed down while the heartbeat and the other shards' books come.
 """
 
 from __future__ import annotations
@@ -17,17 +23,21 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from bridge import control
 from bridge.feed_state import Feed, FeedState
 from bridge.instrument_list import InstrumentList
 from bridge.metrics import Stats
+from bridge.shards import Shards
 from bridge.subscriptions import ChannelListener, Subscriptions
 from bridge.tasks import spawn, stop
 from marketdata.backoff import Backoff
@@ -44,7 +54,8 @@ INSTRUMENTS_EVERY = 10.0  # seconds between refreshes of the instrument list
 MISS_EVERY = 1.0  # at most one refresh a second for unknown ids
 BACKOFF_BASE = 0.1  # seconds before the first reconnect attempt, half of it jittered
 BACKOFF_CAP = 5.0
-REDIS_ERRORS = (RedisError, OSError)
+SYNC_RETRY_CAP = 1.0  # cluster: at most a second between syncs that fail (a dead primary's channels wait for its successor)
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 class Listener(ChannelListener, Protocol):
@@ -58,11 +69,14 @@ class Listener(ChannelListener, Protocol):
 class Wiring:
     """How a Bus reaches the world; tests pass a fake Redis, a seeded rng and a fixed clock.
 
-    `redis` replaces the two clients made from settings.redis_url; `rng` jitters the
-    backoff; `clock` gives wall time in µs since the epoch.
+    `redis` replaces the two clients made from settings.redis_url (a RedisCluster or
+    its fake with settings.redis_cluster); `open_pubsub(host, port)` replaces the
+    pub/sub clients of a cluster's primaries; `rng` jitters the backoff; `clock` gives
+    wall time in µs since the epoch.
     """
 
-    redis: Redis | None = None
+    redis: Any = None
+    open_pubsub: Callable[[str, int], PubSub] | None = None
     rng: random.Random | None = None
     clock: Callable[[], int] = now_us
 
@@ -80,10 +94,13 @@ class Bus:
         self.settings = settings
         self._stats = stats
         self._listener = listener
-        self._keys = Keys(settings.prefix)
+        self._keys = Keys(settings.prefix, cluster=settings.redis_cluster)
         self._given = wiring.redis
+        self._open_pubsub = wiring.open_pubsub or self._node_pubsub
         self._rng = wiring.rng or random.Random()
         self._reconnect = reconnect_backoff(self._rng)
+        # Classic: a first attempt's delay between failed syncs, every time; cluster: growing to a second.
+        self._sync_retry = Backoff(BACKOFF_BASE, SYNC_RETRY_CAP if settings.redis_cluster else BACKOFF_BASE, self._rng)
         self._clock = wiring.clock
         self._state = FeedState(settings.stale_after, wiring.clock, listener.feed_changed)
         self._connected_once = False
@@ -93,16 +110,26 @@ class Bus:
 
     async def __aenter__(self) -> Bus:
         url = self.settings.redis_url
+        cluster = self.settings.redis_cluster
+        self._pubsub_client: Redis | None = None
         if self._given is not None:
-            self._redis = self._pubsub_client = self._given
+            self._redis = self._given
+            self._pubsub_client = None if cluster else self._given
         else:
             # Commands retry once (a pooled connection may be dead after a Redis restart); the
             # pub/sub connection never retries by itself: losing it is this class's business.
             # RESP2 for pub/sub: its push parsing is the faster one in redis-py.
             retry_once = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 1)
-            self._redis = Redis.from_url(url, retry=retry_once, socket_connect_timeout=2, socket_timeout=5)
-            self._pubsub_client = Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2, protocol=2)
-        self._subs = Subscriptions(self._pubsub_client.pubsub(), self._redis, self._listener, self._keys.book("").encode())
+            client = RedisCluster if cluster else Redis
+            self._redis = client.from_url(url, retry=retry_once, socket_connect_timeout=2, socket_timeout=5)
+            if not cluster:
+                self._pubsub_client = Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2, protocol=2)
+        book_prefix = Keys(self.settings.prefix).book("").encode()  # `md:book:`, in both forms of the names
+        self._subs: Subscriptions | Shards
+        if self._pubsub_client is not None:
+            self._subs = Subscriptions(self._pubsub_client.pubsub(), self._redis, self._listener, book_prefix)
+        else:
+            self._subs = Shards(self._redis, self._listener, book_prefix, self._open_pubsub, self.changed)
         self.instruments = InstrumentList(self._redis, self._keys.instruments, asyncio.get_running_loop().time)
         self._dirty = asyncio.Event()
         try:
@@ -130,8 +157,17 @@ class Bus:
         self._tasks.clear()
         await self._subs.aclose()
         if self._given is None:
-            await self._pubsub_client.aclose()
+            if self._pubsub_client is not None:
+                await self._pubsub_client.aclose()
             await self._redis.aclose()
+
+    def _node_pubsub(self, host: str, port: int) -> PubSub:
+        """A pub/sub client of one cluster node, with the credentials and options of settings.redis_url."""
+        parts = urlsplit(self.settings.redis_url)
+        user, at, _ = parts.netloc.rpartition("@")
+        netloc = f"{user}{at}[{host}]:{port}" if ":" in host else f"{user}{at}{host}:{port}"
+        url = urlunsplit(parts._replace(netloc=netloc))
+        return Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2, protocol=2).pubsub()
 
     # -- what the hub asks -----------------------------------------------------------
 
@@ -234,8 +270,10 @@ class Bus:
             except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
                 log.warning("could not update redis subscriptions (%s); will retry", exc)
                 if self._state.bus_up:
-                    await asyncio.sleep(reconnect_backoff(self._rng).next())  # a first attempt's delay, every time
+                    await asyncio.sleep(self._sync_retry.next())
                     self._dirty.set()
+            else:
+                self._sync_retry.reset()
 
     async def _poll(self) -> None:
         interval = min(1.0, self.settings.stale_after / 2)

@@ -90,9 +90,13 @@ class FeedState:
 
     def polled(self, heartbeat: bytes | None, asked_at: int | None = None) -> None:
         """Redis answered the poll sent at `asked_at` (µs; None: unknown); `heartbeat` is the key's value (None: no key)."""
+        # The first answer after Redis was unreachable: a missing heartbeat may have expired while
+        # the leader's renewals could not reach it (in a cluster, its shard failing over while the
+        # others carry books), not been deleted by it; books that keep flowing decide, as when
+        # the poll time is unknown. The next poll, a second later, trusts its answer again.
+        self.asked_at = asked_at if self.redis_ok else None
         self.redis_ok = True
         self.heartbeat = heartbeat
-        self.asked_at = asked_at
         self.update()
 
     def unreachable(self) -> None:

@@ -45,7 +45,7 @@ class Hub:
     def __init__(self, settings: BridgeSettings, stats: Stats, wiring: Wiring | None = None) -> None:
         self.settings = settings
         self._stats = stats
-        self._keys = Keys(settings.prefix)
+        self._keys = Keys(settings.prefix, cluster=settings.redis_cluster)
         self._topics: dict[bytes, Topic] = {}
         self._interest: dict[Sink, set[bytes]] = {}  # every attached socket and the channels it wants
         self._names: dict[str, tuple[bytes, bytes, bytes]] = {}  # instrument -> its book, trades and delta channels
@@ -205,8 +205,9 @@ class Hub:
     def fetched_trades(self, channel: bytes, history: list[bytes]) -> None:
         self._fanout.fetched_trades(channel, history)
 
-    def resubscribing(self) -> None:
-        for topic in self._topics.values():
+    def resubscribing(self, channels: Collection[bytes] | None = None) -> None:
+        topics = self._topics
+        for topic in topics.values() if channels is None else filter(None, map(topics.get, channels)):
             topic.primed = False
 
     def feed_changed(self, feed: Feed) -> None:

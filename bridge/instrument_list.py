@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from marketdata.errors import MessageError
 from marketdata.instruments import Instrument
@@ -23,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class InstrumentList:
-    """The listed ids and their JSON, read from `key`; `clock` is the event loop's time."""
+    """The listed ids and their JSON, read from `key` (one GET: a single Redis or a cluster); `clock` is the event loop's time."""
 
-    def __init__(self, redis: Redis, key: str, clock: Callable[[], float]) -> None:
+    def __init__(self, redis: Redis | RedisCluster, key: str, clock: Callable[[], float]) -> None:
         self._redis = redis
         self._key = key
         self._clock = clock

@@ -50,7 +50,7 @@ lines() {
     echo "user ingest on #$(hash "$REDIS_INGEST_PASSWORD") resetkeys resetchannels $keys $channels $connect +get +set +del +incr +pexpire +pttl +lpush +ltrim +publish +spublish +eval +evalsha $cluster"
     echo "user bridge on #$(hash "$REDIS_BRIDGE_PASSWORD") resetkeys resetchannels $read_keys $channels $connect +get +mget +lrange $subscribe $cluster"
     # PSUBSCRIBE patterns must equal an allowed channel pattern, not match it: hence the extra two
-    echo "user inspect on #$(hash "$REDIS_INSPECT_PASSWORD") resetkeys resetchannels $read_keys $channels &${prefix}:book:* &${prefix}:delta:* &${prefix}:trades:* $connect +@read -@dangerous $subscribe +psubscribe +punsubscribe +pubsub|channels +pubsub|numsub +pubsub|shardchannels +pubsub|shardnumsub"
+    echo "user inspect on #$(hash "$REDIS_INSPECT_PASSWORD") resetkeys resetchannels $read_keys $channels &${prefix}:book:* &${prefix}:delta:* &${prefix}:trades:* $connect +@read -@dangerous $subscribe +psubscribe +punsubscribe +pubsub|channels +pubsub|numsub +pubsub|shardchannels +pubsub|shardnumsub $cluster"
 }
 
 if [ "$out" = "-" ]; then

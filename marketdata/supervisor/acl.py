@@ -11,7 +11,7 @@ holds the two equal).
              (GET, SET, DEL, INCR, PEXPIRE, PTTL, LPUSH, LTRIM, PUBLISH, SPUBLISH), run
              through EVAL/EVALSHA, which Redis 7 and Valkey check against the caller's rights
     bridge   reads under the prefix: (S)SUBSCRIBE and (S)UNSUBSCRIBE, GET, MGET, LRANGE
-    both     in a Redis Cluster, what a cluster client asks to find the shards (CLUSTER
+    all      in a Redis Cluster, what a cluster client asks to find the shards (CLUSTER
              SLOTS, SHARDS, NODES, INFO, MYID, COMMAND, READONLY)
     inspect  read-only, for people: every read command under the prefix, SCAN, and
              (P|S)SUBSCRIBE (PSUBSCRIBE patterns: PREFIX:*, PREFIX:book:*, PREFIX:trades:*)
@@ -45,7 +45,7 @@ _COMMANDS: dict[str, tuple[str, ...]] = {
                "+publish", "+spublish", "+eval", "+evalsha", *_CLUSTER),
     "bridge": ("+get", "+mget", "+lrange", *_SUBSCRIBE, *_CLUSTER),
     "inspect": ("+@read", "-@dangerous", *_SUBSCRIBE, "+psubscribe", "+punsubscribe",
-                "+pubsub|channels", "+pubsub|numsub", "+pubsub|shardchannels", "+pubsub|shardnumsub"),
+                "+pubsub|channels", "+pubsub|numsub", "+pubsub|shardchannels", "+pubsub|shardnumsub", *_CLUSTER),
 }  # fmt: skip
 
 

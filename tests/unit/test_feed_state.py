@@ -91,3 +91,25 @@ def test_a_poll_sent_after_the_last_book_that_finds_no_heartbeat_makes_the_feed_
     assert feed_reason(True, True, None, 5, 3.0, books_at=4, asked_at=5) == "no heartbeat from the ingestor"
     assert feed_reason(True, True, None, 5, 3.0, books_at=4) is None, "no time for the poll: the books win"
     assert feed_reason(True, True, b"beat", 5, 3.0, books_at=4, asked_at=5) is None
+
+
+def test_the_first_answer_after_redis_was_unreachable_does_not_read_a_missing_heartbeat_as_deleted() -> None:
+    # In a cluster, the heartbeat's shard fails over while the other shards carry books: the
+    # heartbeat expired unrenewed meanwhile. Books flowing keep the feed live across that first
+    # answer; the next poll trusts a missing heartbeat again.
+    now = [10_000_000]
+    heard: list[Feed] = []
+    state = FeedState(3.0, lambda: now[0], heard.append)
+    state.polled(schema.encode_heartbeat(now[0], "x"), asked_at=now[0])
+    state.connected(True)
+    state.books_arrived()
+    live_since = len(heard)
+    state.unreachable()
+    assert heard[-1].live, "books flow: the heartbeat's shard alone is away"
+    now[0] += 3_500_000
+    state.books_arrived()
+    state.polled(None, asked_at=now[0] + 1)
+    assert heard[-1].live and len(heard) == live_since, "no stale flash on the first answer back"
+    now[0] += 1_000_000
+    state.polled(None, asked_at=now[0] + 1)
+    assert heard[-1] == Feed(False, 14_500_000, "no heartbeat from the ingestor"), "the next poll: missing means deleted again"

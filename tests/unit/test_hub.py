@@ -17,12 +17,15 @@ from bridge.metrics import Stats
 from bridge.topic import MIN_REPLAY
 from marketdata import schema
 from marketdata.errors import UnknownInstrument
-from marketdata.instruments import DEFAULT_INSTRUMENTS
+from marketdata.instruments import DEFAULT_INSTRUMENTS, select
 from marketdata.settings import BridgeSettings
 from tests.support import async_wait_for
 from tests.unit.bridge_fakes import BOOK, TRADES, Sink, snapshot, trade
+from tests.unit.cluster_fakes import FakeCluster
 
 NOW_US = 1_800_000_000_000_000
+CLUSTER_KEYS = schema.Keys("md", cluster=True)
+(SOL,) = select(["SOL-USD"])
 
 
 @dataclass
@@ -243,3 +246,49 @@ async def test_a_channel_left_and_joined_again_before_the_subscriptions_follow_g
     assert again.books == [(BOOK, 5)]
     await publish(rig.redis, snapshot(6))
     await async_wait_for(lambda: len(again.books) == 2, what="the live book")
+
+
+@pytest.mark.asyncio
+async def test_resubscribing_some_channels_unprimes_only_those(rig: Rig) -> None:
+    book_eth = b"md:book:ETH-USD"
+    sink = Sink()
+    rig.hub.attach(sink)
+    rig.hub.want(sink, "BTC-USD")
+    rig.hub.want(sink, "ETH-USD")
+    await async_wait_for(lambda: all(rig.hub.topic(c).primed for c in (BOOK, book_eth)), what="priming")  # type: ignore[union-attr]
+    rig.hub.resubscribing([book_eth, b"md:book:NOT-WANTED"])
+    assert rig.hub.topic(BOOK).primed and not rig.hub.topic(book_eth).primed  # type: ignore[union-attr]
+    rig.hub.resubscribing()
+    assert not rig.hub.topic(BOOK).primed  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_in_a_cluster_a_dead_primary_heals_its_channels_and_leaves_the_others_alone() -> None:
+    cluster = FakeCluster(3)
+    btc, sol = CLUSTER_KEYS.book("BTC-USD").encode(), CLUSTER_KEYS.book("SOL-USD").encode()
+    dead, spare = cluster.node_of(btc), next(n for n in cluster.nodes if n not in (cluster.node_of(btc), cluster.node_of(sol)))
+    assert cluster.node_of(sol) is not dead
+    cluster.data[CLUSTER_KEYS.instruments.encode()] = schema.encode_instruments(DEFAULT_INSTRUMENTS)
+    cluster.data[CLUSTER_KEYS.heartbeat.encode()] = schema.encode_heartbeat(NOW_US, "test")
+    cluster.data[btc], cluster.data[sol] = snapshot(5), snapshot(7, SOL)
+    settings = BridgeSettings(redis_url="redis://fake", redis_cluster=True, stale_after=0.2)
+    wiring = Wiring(redis=cluster, open_pubsub=cluster.open_pubsub, rng=random.Random(1), clock=lambda: NOW_US)
+    async with Hub(settings, Stats(), wiring) as hub:
+        await async_wait_for(lambda: hub.feed.live, what="the hub's shards")
+        sink = Sink()
+        hub.attach(sink)
+        hub.want(sink, "BTC-USD")
+        hub.want(sink, "SOL-USD")
+        await async_wait_for(lambda: len(sink.books) == 2, what="both last values")
+        assert sorted(sink.books) == sorted([(btc, 5), (sol, 7)]) and hub.subscriptions == 2
+        dead.die()
+        await async_wait_for(lambda: not hub.topic(btc).primed, what="the dead shard's channel unprimed")  # type: ignore[union-attr]
+        assert hub.topic(sol).primed  # type: ignore[union-attr]
+        cluster.node_of(sol).publish(sol, snapshot(8, SOL))
+        await async_wait_for(lambda: (sol, 8) in sink.books, what="the other shard's books meanwhile")
+        cluster.data[btc] = snapshot(6)  # what the promoted replica holds
+        cluster.fail_over(dead, spare)
+        await async_wait_for(lambda: (btc, 6) in sink.books, timeout=5, what="the healed channel's last value")
+        spare.publish(btc, snapshot(9))
+        await async_wait_for(lambda: (btc, 9) in sink.books, what="live books from the new primary")
+        assert hub.feed.live

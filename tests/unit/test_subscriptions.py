@@ -8,9 +8,10 @@ from collections.abc import Collection
 import fakeredis
 import pytest
 
-from bridge.subscriptions import Subscriptions
+from bridge.subscriptions import SHARDED, Subscriptions
 from tests.support import async_wait_for
 from tests.unit.bridge_fakes import BOOK, TRADES, snapshot, trade
+from tests.unit.cluster_fakes import FakeCluster
 
 ETH_BOOK = b"md:book:ETH-USD"
 
@@ -40,7 +41,7 @@ class Listener:
     def fetched_trades(self, channel: bytes, history: list[bytes]) -> None:
         self.trades[channel] = history
 
-    def resubscribing(self) -> None:
+    def resubscribing(self, channels: Collection[bytes] | None = None) -> None:
         self.resubscribed += 1
 
 
@@ -77,3 +78,34 @@ async def test_sync_follows_what_is_wanted_and_fetches_whole_trade_lists() -> No
         await asyncio.gather(reader, return_exceptions=True)
         await subs.aclose()
         await redis.aclose()
+
+
+@pytest.mark.asyncio
+async def test_sharded_the_answer_to_our_own_unsubscribe_is_not_taken_for_the_servers_drop() -> None:
+    cluster = FakeCluster(1)
+    node = cluster.nodes[0]
+    channel = b"md:book:{BTC-USD}"
+    listener = Listener([channel])
+    dropped: list[list[bytes]] = []
+    subs = Subscriptions(cluster.open_pubsub(node.host, node.port), cluster, listener, b"md:book:", SHARDED, dropped.append)
+    await subs.connect()
+    reader = asyncio.create_task(subs.listen())
+    await subs.sync()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    listener.channels = set()
+    await subs.sync()  # SUNSUBSCRIBE sent; its answer waits unread
+    listener.channels = {channel}
+    again = asyncio.create_task(subs.sync())  # wanted again before the answer came
+    await asyncio.sleep(0)
+    reader = asyncio.create_task(subs.listen())
+    try:
+        await again
+        assert subs.count == 1 and dropped == [] and node.pubsubs[0].channels == {channel}
+        node.drop(channel)  # now the server's own: its slot moved
+        await async_wait_for(lambda: dropped, what="the server's drop")
+        assert dropped == [[channel]] and subs.count == 0
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await subs.aclose()
