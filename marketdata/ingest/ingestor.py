@@ -23,7 +23,8 @@ first in the round trip of the first books, so no bridge sees books without it.
 
 A gap or checksum mismatch invalidates every book and resubscribes: fresh
 snapshots replace the books. A lost simulator or Redis is retried with capped
-exponential backoff with jitter. Each connection starts a new queue whose books are
+exponential backoff with jitter. On Redis Cluster (marketdata.ingest.redis_link) a lost
+shard is retried aside while the others publish on; then every book goes out again. Each connection starts a new queue whose books are
 the simulator's fresh snapshots, so after a restart (a new epoch, logged once)
 what is published is the new run's books, whose seqs start again, never a merge
 with the old run's.
@@ -32,7 +33,6 @@ with the old run's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -40,19 +40,12 @@ import signal
 import socket
 
 import grpc
-import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from marketdata import schema
 from marketdata.backoff import Backoff
 from marketdata.clock import now_us
-from marketdata.errors import (
-    BookError,
-    ChecksumMismatch,
-    StreamEnded,
-)
+from marketdata.errors import BookError, ChecksumMismatch, StreamEnded
 from marketdata.feed import select_instruments
 from marketdata.ingest.lease import Fence, Lease, Step, refusal
 from marketdata.ingest.metrics import Gauges, MetricsServer
@@ -62,15 +55,15 @@ from marketdata.ingest.publish_queue import (
     drain_commands,
     tally,
 )
-from marketdata.logs import redact
+from marketdata.ingest.redis_link import ERRORS, REDIS_TIMEOUT, RedisLink, timeout
+from marketdata.ingest.slot_writes import slot_commands
+from marketdata.logs import Throttled, redact
 from marketdata.settings import IngestSettings
 from marketdata.v1 import market_data_pb2 as pb
 from marketdata.v1 import market_data_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-REDIS_TIMEOUT = 5.0  # seconds a Redis round trip may take before the connection counts as lost
-_timeout = getattr(asyncio, "timeout", None) or (lambda _delay: contextlib.nullcontext())  # Python 3.10: unbounded
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
@@ -79,7 +72,7 @@ class Ingestor:
 
     def __init__(self, settings: IngestSettings) -> None:
         self.settings = settings
-        self.keys = schema.Keys(settings.prefix)
+        self.keys = schema.Keys(settings.prefix, cluster=settings.redis_cluster)
         self.stats = IngestStats()
         self.queue: PublishQueue | None = None
         self.live = False  # the simulator stream is delivering
@@ -97,23 +90,19 @@ class Ingestor:
         self._wakeup = asyncio.Event()
         self._live_event = asyncio.Event()
         self._beat_owed = False  # the stream came back while we lead: the heartbeat goes out with the next books
-        self._redis: aredis.Redis | None = None
+        self._redis: RedisLink | None = None
+        self._healing: asyncio.Task[None] | None = None  # Redis Cluster: retrying a lost shard while the others publish
+        self._say = Throttled(log, 5.0)  # a cluster's retries, every half second at most
 
     async def run(self) -> None:
         """Run until cancelled; raises UnknownInstrument when a requested instrument is not listed."""
         s = self.settings
         metrics = MetricsServer(self.stats, self._gauges, s.metrics_host, s.metrics_port) if s.metrics_port else None
         self.metrics_port = metrics.port if metrics is not None else None
-        # No redis-py retries (we back off ourselves) and no socket_timeout: redis-py sends under
-        # asyncio.wait_for when one is set, which on Python 3.11 can swallow a cancellation.
-        # REDIS_TIMEOUT bounds each round trip instead. client_name: `CLIENT LIST` tells ingestors apart.
-        self._redis = aredis.Redis.from_url(
-            s.redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=None,
-            client_name=self.source,
-        )
+        self._redis = RedisLink(s.redis_url, s.redis_cluster, self.source)
         self._down_since = asyncio.get_running_loop().time()
-        log.info("ingesting for Redis %s as %s (prefix %r, depth %d, coalesce %s, lease %g s); publishing while it holds the lease",
-                 redact(s.redis_url), self.source, s.prefix, s.depth, "on" if s.coalesce else "off", s.lease)
+        log.info("ingesting for Redis %s%s as %s (prefix %r, depth %d, coalesce %s, lease %g s); publishing while it holds the lease",
+                 "Cluster " if s.redis_cluster else "", redact(s.redis_url), self.source, s.prefix, s.depth, "on" if s.coalesce else "off", s.lease)
         tasks = [
             asyncio.create_task(self._feed_loop(), name="ingest-feed"),
             asyncio.create_task(self._publish_loop(), name="ingest-publish"),
@@ -124,6 +113,8 @@ class Ingestor:
             for task in done:
                 task.result()  # a task ends only by an error worth raising
         finally:
+            if self._healing is not None:
+                tasks.append(self._healing)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -241,21 +232,22 @@ class Ingestor:
             drain = queue.take(now_us())
             if not drain:
                 continue
-            commands = drain_commands(drain, instruments_key, history, Fence(self._leader_key, value))
+            if self.settings.redis_cluster:
+                commands = slot_commands(drain, self.settings.prefix, history, value)
+            else:
+                commands = drain_commands(drain, instruments_key, history, Fence(self._leader_key, value))
             beat_owed = self._beat_owed
             if beat_owed:  # first in the round trip: no bridge sees these books while the heartbeat is missing
                 beat = schema.encode_heartbeat(now_us(), self.source)
                 commands = [self.lease.renew(self._leader_key, self._heartbeat_key, beat, self._heartbeat_ms), *commands]
-            pipe = self._redis.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
             try:
-                async with _timeout(REDIS_TIMEOUT):
-                    results = await pipe.execute(raise_on_error=False)
-            except (RedisError, OSError, TimeoutError) as exc:
-                await self._redis_lost(exc)
+                async with timeout(REDIS_TIMEOUT):
+                    results = await self._redis.pipeline(commands)
+            except ERRORS as exc:
+                await self._lost(exc)
                 continue
-            self.redis_up = True
+            if self._healing is None or self._healing.done():
+                self.redis_up = True
             if beat_owed:
                 self._beat_owed = False
             errors = tally(commands, results, stats)
@@ -265,28 +257,37 @@ class Ingestor:
     async def _refused(self, errors: list[Exception], value: bytes) -> None:
         """Scripts of a drain written with lease `value` were refused: fenced (we lost the lease), or worse."""
         holders = [refusal(str(e)) for e in errors]
+        fenced = [h for h in holders if h is not False]
         if False in holders:
-            await self._redis_lost(errors[holders.index(False)])
-            return
-        self.stats.fenced_writes += len(errors)
+            await self._lost(errors[holders.index(False)])
+            if not self.settings.redis_cluster or not fenced:
+                return  # one server: it answers no script when it is away; a cluster's other shards may refuse some
+        self.stats.fenced_writes += len(fenced)
         if self.lease.value == value:  # not already replaced by a newer lease of ours
-            note = self.lease.held_by(holders[-1])  # type: ignore[arg-type]
+            note = self.lease.held_by(fenced[-1])  # type: ignore[arg-type]
             self._role_changed(f"{note} (a write was fenced)")
 
+    async def _lost(self, exc: BaseException) -> None:
+        """One server: publish nothing until it answers. A cluster: retry the lost shard aside, the others publish on."""
+        if not self.settings.redis_cluster:
+            await self._redis_lost(exc)
+        elif self._healing is None or self._healing.done():
+            self.redis_up = False
+            self._healing = asyncio.create_task(self._redis_lost(exc), name="ingest-heal")
+
     async def _redis_lost(self, exc: BaseException) -> None:
-        """Retry until Redis answers, then make every book and the instrument list due again."""
+        """Retry until Redis (every shard of a cluster) answers, then make every book and the instrument list due again."""
         assert self._redis is not None
         self.redis_up = False
-        backoff = Backoff()
+        backoff, say = self._redis.backoff(), self._say if self.settings.redis_cluster else log.log
         while True:
             delay = backoff.next()
-            log.warning("Redis %s unavailable (%s); retrying in %.2f s", redact(self.settings.redis_url), exc, delay)
+            say(logging.WARNING, "Redis %s unavailable (%s); retrying in %.2f s", redact(self.settings.redis_url), exc, delay)
             await asyncio.sleep(delay)
             try:
-                async with _timeout(REDIS_TIMEOUT):
-                    await self._redis.ping()
+                await self._redis.check()
                 break
-            except (RedisError, OSError, TimeoutError) as again:
+            except ERRORS as again:
                 exc = again
         self.redis_up = True
         self.stats.redis_reconnects += 1
@@ -318,17 +319,18 @@ class Ingestor:
         note: str | None = None
         try:
             # Not one lease period: a reply waiting for us after a pause still counts; the next renewal's fence says who leads.
-            async with _timeout(REDIS_TIMEOUT):
+            async with timeout(REDIS_TIMEOUT):
                 if step is Step.ACQUIRE:
                     note = lease.acquired(await self._redis.execute_command(*lease.acquire(keys, beat, self._heartbeat_ms)), started)
                 else:
                     await self._redis.execute_command(*lease.renew(self._leader_key, self._heartbeat_key, beat, self._heartbeat_ms))
                     lease.renewed(started)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except ERRORS as exc:
             holder = refusal(str(exc)) if isinstance(exc, ResponseError) else False
             if holder is False:
                 self._redis_unreachable(exc)
-                note = lease.unreachable(loop.time())
+                # A cluster's slot fences, not the lease's TTL, keep a stale leader out: lead on while the `{leader}` shard fails over.
+                note = None if self.settings.redis_cluster else lease.unreachable(loop.time())
             else:
                 self.stats.fenced_writes += 1  # the renewal, and the heartbeat it carried
                 note = lease.held_by(holder)  # type: ignore[arg-type]
@@ -361,9 +363,9 @@ class Ingestor:
         if self._redis is None or not self.lease.leading:
             return
         try:
-            async with _timeout(min(REDIS_TIMEOUT, self.lease.period)):
+            async with timeout(min(REDIS_TIMEOUT, self.lease.period)):
                 deleted = await self._redis.execute_command(*self.lease.release(self._leader_key))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except ERRORS as exc:
             log.warning("could not release the lease (%s); a standby takes over when it expires", exc)
             self._role_changed(self.lease.unreachable(asyncio.get_running_loop().time()))
             return

@@ -10,6 +10,18 @@ and refuses the whole script (error `FENCED <current value or ->`) when they dif
 a leader that was paused past its lease writes nothing when it wakes, whatever its own
 clock believes.
 
+On Redis Cluster a script may touch the keys of one slot only, so a write there cannot
+read the lease: its scripts start with `CLUSTER_FENCE` instead, which reads the fence
+key of the slot it writes (`Keys.fence(slot)`): the lease value of the newest lease
+that wrote to that slot. A writer whose token is lower is refused the same way
+(`FENCED <fence value>`); a higher one raises the fence to its own value and writes.
+A new leader republishes every book at once, which raises the fence of every slot in
+use, so a paused ex-leader is refused everywhere right after. The lease scripts below
+run unchanged: the lease, its token and the heartbeat share the `{leader}` slot. While
+that slot's primary fails over nobody can renew or take the lease, so there the
+ingestor does not give up a lease it cannot reach (`unreachable`): the leader publishes
+on to the other shards, and the fences, not the lease's TTL, keep a stale one out.
+
 `Lease` is one ingestor's view: the shell asks it what to do next (`step`), runs the
 matching command, and reports the answer back; each report may return a line to log
 when the role changes. The timing, for a lease period P (default 1 s):
@@ -46,11 +58,25 @@ Command = tuple[bytes, ...]
 
 # The lease check every write starts with: KEYS[1] is the lease key, ARGV[1] the writer's
 # lease value; the script's own keys and arguments follow from index 2. It is the only
-# part of a script that reads the lease, so per-slot fencing (Redis Cluster) replaces
+# part of a script that reads the lease, so on Redis Cluster `CLUSTER_FENCE` replaces
 # just this piece and the key it reads.
 FENCE = b"""
 local lease = redis.call('GET', KEYS[1])
 if lease ~= ARGV[1] then return redis.error_reply('FENCED ' .. (lease or '-')) end
+"""
+# Redis Cluster: KEYS[1] is the fence key of the slot the script writes, ARGV[1] the
+# writer's lease value. Tokens are compared as numbers, so fences raised out of order
+# (one slot's write of lease 8 landing after another's of lease 9) stay safe: a lower
+# token is refused, an equal one (the same lease) writes, a higher one raises the fence
+# first. The fence has no TTL: it must outlive every lease that could still write.
+CLUSTER_FENCE = b"""
+local fence = redis.call('GET', KEYS[1])
+if fence ~= ARGV[1] then
+  if fence and tonumber(string.match(fence, '^%d+') or '0') > tonumber(string.match(ARGV[1], '^%d+')) then
+    return redis.error_reply('FENCED ' .. fence)
+  end
+  redis.call('SET', KEYS[1], ARGV[1])
+end
 """
 FENCED = "FENCED"  # the first word of a refused script's error
 

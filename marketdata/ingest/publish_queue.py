@@ -4,7 +4,8 @@ Pure code (no gRPC, no Redis connection, no clock): `PublishQueue` applies
 simulator batches to `feed.Books` and keeps what is due since the last drain, one
 snapshot per changed instrument (coalescing); `drain_commands` turns a drain into a
 few pipelined Redis commands whatever its size, each one fenced by the publishing
-lease (marketdata.ingest.lease). The ingestor is the shell that feeds it batches and
+lease (marketdata.ingest.lease); on Redis Cluster `slot_writes.slot_commands` does the
+same with one script per slot. The ingestor is the shell that feeds it batches and
 sends the bytes; a standby feeds it the same batches and `discard`s what is due.
 
 Every book and trade goes out with its epoch (the simulator's run). A snapshot of
@@ -29,6 +30,7 @@ from marketdata.delta import diff
 from marketdata.errors import BookError
 from marketdata.feed import Books
 from marketdata.ingest.lease import FENCE, Command, Fence
+from marketdata.ingest.slot_writes import SLOT_LUA, slot_published
 from marketdata.instruments import Instrument
 from marketdata.settings import IngestSettings
 from marketdata.v1 import market_data_pb2 as pb
@@ -88,7 +90,7 @@ class PublishQueue:
     def __init__(self, instruments: Iterable[Instrument], settings: IngestSettings, stats: IngestStats) -> None:
         self.instruments = {inst.id: inst for inst in instruments}
         self.books = Books(self.instruments)
-        keys = schema.Keys(settings.prefix)
+        keys = schema.Keys(settings.prefix, cluster=settings.redis_cluster)
         self.book_keys = {name: keys.book(name).encode() for name in self.instruments}
         self.trade_keys = {name: keys.trades(name).encode() for name in self.instruments}
         self.delta_keys = {name: keys.deltas(name).encode() for name in self.instruments}
@@ -310,7 +312,7 @@ def drain_commands(drain: Drain, instruments_key: bytes, history: int, fence: Fe
 
 
 def tally(commands: Sequence[Command], results: Sequence[object], stats: IngestStats) -> list[Exception]:
-    """Count what a round trip of `drain_commands` published into `stats`; return the scripts' errors.
+    """Count what a round trip of `drain_commands` (or `slot_writes.slot_commands`) published into `stats`; return the scripts' errors.
 
     Each script answers the number of messages it published, or an error (a fence's
     refusal, or anything else Redis refused) and then it wrote nothing.
@@ -327,6 +329,11 @@ def tally(commands: Sequence[Command], results: Sequence[object], stats: IngestS
             stats.delta_publishes += sum(1 for d in command[len(command) - n:] if d)
         elif command[1] is _TRADES_LUA:
             stats.trade_publishes += int(result)  # type: ignore[call-overload]
+        elif command[1] is SLOT_LUA:
+            books, deltas, trades = slot_published(result)
+            stats.publishes += books
+            stats.delta_publishes += deltas
+            stats.trade_publishes += trades
     if len(errors) < len(commands):
         stats.drains += 1
     return errors

@@ -16,6 +16,7 @@ PURE = [
     # the roles' pure parts
     "marketdata.sim.model", "marketdata.sim.wire", "marketdata.ingest.publish_queue", "marketdata.client.ladder",
     "marketdata.loadtest.latency", "marketdata.loadtest.measurement", "marketdata.sim.schedule", "marketdata.ingest.lease",
+    "marketdata.ingest.slot_writes",
     # the bridge's pure parts
     "bridge.verify", "bridge.limits", "bridge.frames", "bridge.feed_state", "bridge.origins", "bridge.control",
 ]  # fmt: skip
