@@ -138,10 +138,14 @@ def cpu(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def script_time(admins: list[redis.Redis]) -> tuple[int, int]:
-    """(EVAL calls, µs spent in them) so far over the primaries: the scripts' own time, their PUBLISHes included."""
+def script_time(admins: list[redis.Redis]) -> tuple[int, int, int]:
+    """(EVAL calls, µs spent in them, clients dropped past their output buffer limit) so far over the primaries.
+
+    The scripts' time includes their PUBLISHes; a reader too slow for its messages is dropped
+    by the server once its pub/sub output buffer passes the limit (32 MB, or 8 MB for 60 s)."""
     stats = [a.info("commandstats").get("cmdstat_eval", {}) for a in admins]
-    return sum(int(x.get("calls", 0)) for x in stats), sum(int(x.get("usec", 0)) for x in stats)
+    dropped = sum(int(a.info("stats").get("client_output_buffer_limit_disconnections", 0)) for a in admins)
+    return sum(int(x.get("calls", 0)) for x in stats), sum(int(x.get("usec", 0)) for x in stats), dropped
 
 
 def used_memory(admins: list[redis.Redis]) -> int:
@@ -196,6 +200,7 @@ def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
 
 def measure_step(rate: float, pub: Child, subs: list[Child], srv: Servers, idle: dict[str, float],
                  args: argparse.Namespace) -> dict:  # fmt: skip
+    dropped0 = script_time(srv.admins)[2]  # from the warm-up on
     pub.ask(f"rate {rate}")
     pub.read()
     time.sleep(args.warmup)
@@ -232,6 +237,7 @@ def measure_step(rate: float, pub: Child, subs: list[Child], srv: Servers, idle:
         "redis_marginal_us_per_message_out": (busy - sum(idle.values())) * secs * 1e6 / max(1, sum(got)),
         "scripts_per_s": (scripts1[0] - scripts0[0]) / secs,
         "script_us_per_book": (scripts1[1] - scripts0[1]) / max(1, p1["books"] - p0["books"]),
+        "output_buffer_drops": scripts1[2] - dropped0,
         "publish_rtt_p50_ms": p1["rtt_p50_ms"],
         "publish_rtt_p99_ms": p1["rtt_p99_ms"],
         "latency_p50_ms": p50s[len(p50s) // 2] if p50s else None,  # the median subscriber's
@@ -281,7 +287,8 @@ def show_step(s: dict) -> None:
           f"{s['subscriber_cpu_max']:>7.0%} {s['publisher_cpu']:>5.0%} {s['machine_busy']:>7.0%}"
           + (f"  {s['publish_errors']} publish errors" if s["publish_errors"] else "")
           + (f"  {s['resubscribes']} resubscribes" if s["resubscribes"] else "")
-          + (f"  {len(s['failed'])} subscribers lost: {s['failed'][0]}" if s["failed"] else ""), flush=True)  # fmt: skip
+          + (f"  {len(s['failed'])} subscribers lost: {s['failed'][0]}" if s["failed"] else "")
+          + (f" ({s['output_buffer_drops']} dropped by Redis: output buffer limit)" if s["output_buffer_drops"] else ""), flush=True)  # fmt: skip
 
 
 def summarise(results: list[dict], bridges: int) -> list[str]:
