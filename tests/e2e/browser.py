@@ -18,11 +18,13 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from marketdata.processes import LoggedProcess, ProcessError, port_open, wait_until
 from marketdata.supervisor.ports import free_port
+from marketdata.supervisor.redis_cluster import RedisClusterServer
 from marketdata.supervisor.redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -88,18 +90,20 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 class Pipeline:
     """Redis + simulator + ingestor + one bridge, each on a free port, started in that order."""
 
-    def __init__(self, rate: float = 50.0, seed: int = 1, depth: int = 25, sim_args: list[str] | None = None) -> None:
+    def __init__(self, rate: float = 50.0, seed: int = 1, depth: int = 25, sim_args: list[str] | None = None, redis_cluster: int = 0) -> None:
+        """`redis_cluster`: 0, one Redis; N, a Redis Cluster of N primaries with a replica each (the roles get --redis-cluster)."""
         self.rate = rate
         self.seed = seed
         self.depth = depth
         self._dir = tempfile.TemporaryDirectory(prefix="md-pipeline-")
         self.log_dir = Path(self._dir.name)
-        self.redis = RedisServer()
+        self.redis: RedisServer | RedisClusterServer = RedisClusterServer(redis_cluster, 1) if redis_cluster else RedisServer()
+        self._mode = ["--redis-cluster"] if redis_cluster else []
         self.sim_port = free_port()
         self.bridge_port = free_port()
         self.sim = Role("sim", ["--port", str(self.sim_port), "--rate", str(rate), "--seed", str(seed), *(sim_args or [])], self.log_dir)
-        self.ingest = Role("ingest", ["--sim", f"127.0.0.1:{self.sim_port}", "--redis-url", self.redis.url_for("ingest"), "--depth", str(depth)], self.log_dir)
-        self.bridge = Role("bridge", ["--port", str(self.bridge_port), "--redis-url", self.redis.url_for("bridge")], self.log_dir)
+        self.ingest = Role("ingest", ["--sim", f"127.0.0.1:{self.sim_port}", "--depth", str(depth), *self._mode], self.log_dir)
+        self.bridge = Role("bridge", ["--port", str(self.bridge_port), *self._mode], self.log_dir)
 
     @property
     def url(self) -> str:
@@ -108,6 +112,9 @@ class Pipeline:
     def start(self, timeout: float = 30.0) -> Pipeline:
         try:
             self.redis.start()
+            # A cluster's URL names a node that serves: known once it runs.
+            self.ingest.argv += ["--redis-url", self.redis.url_for("ingest")]
+            self.bridge.argv += ["--redis-url", self.redis.url_for("bridge")]
             self.sim.start()
             self._wait(lambda: port_open(self.sim_port), timeout, "the simulator to listen")
             self.ingest.start()
@@ -159,3 +166,77 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+WAIT_MS = 20_000  # the longest any condition may take before the test fails
+
+PANEL_JS = """
+(id) => {
+  const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
+  if (!p) return null;
+  const texts = (sel) => [...p.querySelectorAll(sel)].map((n) => n.textContent.trim()).filter((t) => t !== '');
+  const badge = p.querySelector('.badge');
+  return {
+    state: p.dataset.state,
+    seq: p.dataset.seq ? Number(p.dataset.seq) : null,
+    epoch: p.dataset.epoch ? Number(p.dataset.epoch) : null,
+    status: (p.querySelector('.panel-status, .unknown-msg') || {}).textContent || '',
+    bid: (p.querySelector('.stat.bid dd') || {}).textContent || '',
+    ask: (p.querySelector('.stat.ask dd') || {}).textContent || '',
+    askPrices: texts('.lvl.ask .px'),
+    bidPrices: texts('.lvl.bid .px'),
+    trades: texts('.trow:not(.thead) .s'),
+    verified: badge ? badge.dataset.verified : null,
+    badgeText: badge ? badge.textContent : '',
+    badgeColor: badge ? getComputedStyle(badge).color : '',
+  };
+}
+"""
+
+
+@dataclass
+class Dash:
+    """One browser context on the dashboard, with what its console said."""
+
+    page: Any
+    base: str
+    errors: list[str] = field(default_factory=list)
+
+    def open(self, query: str = "") -> None:
+        self.page.goto(f"{self.base}/{query}")
+
+    def panel(self, instrument: str) -> dict[str, Any] | None:
+        return self.page.evaluate(PANEL_JS, instrument)
+
+    def panel_ids(self) -> list[str]:
+        return self.page.evaluate("[...document.querySelectorAll('.panel')].map((p) => p.dataset.instrument)")
+
+    def wait(self, js: str, arg: Any = None, what: str = "", timeout: int = WAIT_MS) -> Any:
+        try:
+            return self.page.wait_for_function(js, arg=arg, timeout=timeout)
+        except Exception as exc:  # Playwright's TimeoutError: say what we waited for
+            raise AssertionError(f"timed out waiting for {what or js}: {exc}") from None
+
+    def wait_live(self, ids: list[str], what: str = "live panels") -> None:
+        self.wait(
+            """(ids) => ids.every((id) => {
+                 const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
+                 return p && p.dataset.state === 'live' && p.querySelector('.badge').dataset.verified === 'ok';
+               })""",
+            ids,
+            what=f"{what} {ids}",
+        )
+
+    def seqs(self, ids: list[str]) -> dict[str, int]:
+        return {i: self.panel(i)["seq"] for i in ids}
+
+    def wait_progress(self, before: dict[str, int], what: str = "books to move on", timeout: int = WAIT_MS) -> None:
+        self.wait(
+            """(before) => Object.entries(before).every(([id, seq]) => {
+                 const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
+                 return p && p.dataset.seq && Number(p.dataset.seq) !== seq;
+               })""",
+            before,
+            what=what,
+            timeout=timeout,
+        )

@@ -8,7 +8,6 @@ whole again.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import socket
@@ -16,130 +15,19 @@ import string
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.e2e.browser import Pipeline, find_chromium, launch_chromium
+from tests.e2e.browser import WAIT_MS, Dash, Pipeline
 from tests.support import wait_for
 
 pytestmark = pytest.mark.browser
-
-WAIT_MS = 20_000  # the longest any condition may take before the test fails
-
-PANEL_JS = """
-(id) => {
-  const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
-  if (!p) return null;
-  const texts = (sel) => [...p.querySelectorAll(sel)].map((n) => n.textContent.trim()).filter((t) => t !== '');
-  const badge = p.querySelector('.badge');
-  return {
-    state: p.dataset.state,
-    seq: p.dataset.seq ? Number(p.dataset.seq) : null,
-    epoch: p.dataset.epoch ? Number(p.dataset.epoch) : null,
-    status: (p.querySelector('.panel-status, .unknown-msg') || {}).textContent || '',
-    bid: (p.querySelector('.stat.bid dd') || {}).textContent || '',
-    ask: (p.querySelector('.stat.ask dd') || {}).textContent || '',
-    askPrices: texts('.lvl.ask .px'),
-    bidPrices: texts('.lvl.bid .px'),
-    trades: texts('.trow:not(.thead) .s'),
-    verified: badge ? badge.dataset.verified : null,
-    badgeText: badge ? badge.textContent : '',
-    badgeColor: badge ? getComputedStyle(badge).color : '',
-  };
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        reason = "no system Chromium (apt-get install chromium, or set MD_CHROMIUM): browser tests need one"
-        if os.environ.get("CI"):
-            pytest.fail(reason + "; CI must run them")
-        pytest.skip(reason)
-    return path
-
 
 @pytest.fixture(scope="module")
 def pipeline(chromium: str) -> Iterator[Pipeline]:
     with Pipeline(rate=40.0, seed=3) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    playwright = sync_playwright().start()
-    try:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
-    finally:
-        playwright.stop()
-
-
-@dataclass
-class Dash:
-    """One browser context on the dashboard, with what its console said."""
-
-    page: Any
-    base: str
-    errors: list[str] = field(default_factory=list)
-
-    def open(self, query: str = "") -> None:
-        self.page.goto(f"{self.base}/{query}")
-
-    def panel(self, instrument: str) -> dict[str, Any] | None:
-        return self.page.evaluate(PANEL_JS, instrument)
-
-    def panel_ids(self) -> list[str]:
-        return self.page.evaluate("[...document.querySelectorAll('.panel')].map((p) => p.dataset.instrument)")
-
-    def wait(self, js: str, arg: Any = None, what: str = "", timeout: int = WAIT_MS) -> Any:
-        try:
-            return self.page.wait_for_function(js, arg=arg, timeout=timeout)
-        except Exception as exc:  # Playwright's TimeoutError: say what we waited for
-            raise AssertionError(f"timed out waiting for {what or js}: {exc}") from None
-
-    def wait_live(self, ids: list[str], what: str = "live panels") -> None:
-        self.wait(
-            """(ids) => ids.every((id) => {
-                 const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
-                 return p && p.dataset.state === 'live' && p.querySelector('.badge').dataset.verified === 'ok';
-               })""",
-            ids,
-            what=f"{what} {ids}",
-        )
-
-    def seqs(self, ids: list[str]) -> dict[str, int]:
-        return {i: self.panel(i)["seq"] for i in ids}
-
-    def wait_progress(self, before: dict[str, int], what: str = "books to move on") -> None:
-        self.wait(
-            """(before) => Object.entries(before).every(([id, seq]) => {
-                 const p = [...document.querySelectorAll('.panel')].find((x) => x.dataset.instrument === id);
-                 return p && p.dataset.seq && Number(p.dataset.seq) !== seq;
-               })""",
-            before,
-            what=what,
-        )
-
-
-@pytest.fixture
-def dash(browser: Any, pipeline: Pipeline) -> Iterator[Dash]:
-    pipeline.wait_ready()
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(WAIT_MS)
-    d = Dash(page, pipeline.url)
-    page.on("console", lambda m: d.errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: d.errors.append(f"uncaught: {e}"))
-    yield d
-    context.close()
 
 
 def _green(css_color: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -21,11 +22,16 @@ from marketdata.ingest.publish_queue import IngestStats, PublishQueue
 from marketdata.instruments import DEFAULT_INSTRUMENTS
 from marketdata.settings import IngestSettings
 from marketdata.sim.model import Model
-from tests.e2e.browser import Pipeline
-from tests.e2e.test_dashboard import Dash, browser, chromium, dash, pipeline  # noqa: F401 (fixtures)
+from tests.e2e.browser import Dash, Pipeline
 from tests.unit.test_publish_queue import to_pb
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def pipeline(chromium: str) -> Iterator[Pipeline]:
+    with Pipeline(rate=40.0, seed=3) as running:
+        yield running
 
 STATS_JS = """
 (id) => {

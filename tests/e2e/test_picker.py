@@ -13,12 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from marketdata.instruments import Instrument, universe
-from tests.e2e.browser import Pipeline
+from tests.e2e.browser import Dash, Pipeline
 from tests.support import wait_for
-
-# The browser, the page helper and its fixture are the dashboard tests'; `dash` starts
-# on this module's pipeline, the 1,000-instrument one below.
-from tests.e2e.test_dashboard import Dash, browser, chromium, dash  # noqa: F401
 
 pytestmark = pytest.mark.browser
 

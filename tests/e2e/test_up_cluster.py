@@ -17,6 +17,8 @@ import psutil
 import pytest
 import redis
 
+from bridge.verify import verify_book
+from marketdata.schema import decode_instruments
 from marketdata.slots import key_slot
 from marketdata.supervisor.redis_cluster import parse_nodes
 from tests.e2e.test_up import Up, _assert_nothing_left, _children
@@ -126,8 +128,7 @@ def _book(port: int, instrument: str) -> dict[str, object] | None:
         return None
 
 
-@pytest.mark.skip(reason="needs the ingest and bridge cluster modes (branches ingest-cluster and bridge-cluster), not on main yet")
-def test_up_serves_books_of_instruments_on_every_shard(start_cluster_up: Callable[..., Up]) -> None:
+def test_up_serves_verified_books_of_instruments_on_every_shard(start_cluster_up: Callable[..., Up]) -> None:
     up = start_cluster_up()
     bridge_url = _children(up)["bridge"][0].environ()["MD_REDIS_URL"]
     client = redis.Redis.from_url(bridge_url, decode_responses=True, socket_timeout=2)
@@ -142,6 +143,11 @@ def test_up_serves_books_of_instruments_on_every_shard(start_cluster_up: Callabl
         instrument = next(i for i in instruments if start <= key_slot(f"md:book:{{{i}}}") <= end)
         book = wait_for(lambda i=instrument: _book(up.port, i), timeout=20, what=f"a book of {instrument}")
         assert book["instrument"] == instrument and book["type"] == "book"
+        with urllib.request.urlopen(f"http://127.0.0.1:{up.port}/api/book/{instrument}", timeout=2) as response:
+            raw = response.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{up.port}/api/instruments", timeout=2) as response:
+            listed = {i.id: i for i in decode_instruments(response.read())}
+        verify_book(raw, instrument, listed[instrument])  # raises Rejected unless its checksum matches its levels
 
 
 def _instruments(port: int) -> list[str]:

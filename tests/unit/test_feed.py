@@ -6,6 +6,7 @@ import zlib
 
 import pytest
 
+from marketdata import schema
 from marketdata.book import ASK, BID, OrderBook, checksum
 from marketdata.errors import (
     BookError,
@@ -14,7 +15,8 @@ from marketdata.errors import (
     SequenceGap,
     UnknownInstrument,
 )
-from marketdata.feed import BatchResult, Books
+from marketdata.feed import BatchResult, Books, select_instruments
+from marketdata.instruments import DEFAULT_INSTRUMENTS
 from marketdata.v1 import market_data_pb2 as pb
 
 BIDS = [(100, 5), (99, 3)]
@@ -280,3 +282,14 @@ def test_books_use_the_shared_order_book() -> None:
     books = Books(["A"])
     assert isinstance(books.books["A"], OrderBook)
     assert books.books["A"].checksum() == zlib.crc32(b"|")
+
+
+def test_select_instruments_keeps_the_requested_order_and_names_an_unknown_one() -> None:
+    listed = [pb.Instrument(id=i.id, kind=i.kind, description=i.description, tick_size=i.tick_size, lot_size=i.lot_size,
+                            price_decimals=i.price_decimals, size_decimals=i.size_decimals) for i in DEFAULT_INSTRUMENTS]
+    assert [i.id for i in select_instruments(listed, ())] == [i.id for i in DEFAULT_INSTRUMENTS]
+    chosen = select_instruments(listed, ("ETH-USD", "BTC-USD", "ETH-USD"))
+    assert [i.id for i in chosen] == ["ETH-USD", "BTC-USD"]
+    assert schema.instrument_json(chosen[1]) == schema.instrument_json(DEFAULT_INSTRUMENTS[0])
+    with pytest.raises(UnknownInstrument, match="'DOGE-USD'"):
+        select_instruments(listed, ("BTC-USD", "DOGE-USD"))

@@ -7,27 +7,13 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from marketdata import cli, schema
-from marketdata.errors import UnknownInstrument
-from marketdata.feed import select_instruments
+from marketdata import cli
 from marketdata.ingest.metrics import Gauges, registry
 from marketdata.ingest.publish_queue import IngestStats
 from marketdata.instruments import DEFAULT_INSTRUMENTS
 from marketdata.settings import IngestSettings
-from marketdata.v1 import market_data_pb2 as pb
 
 BTC = DEFAULT_INSTRUMENTS[0]
-
-
-def test_select_instruments_keeps_the_requested_order_and_names_an_unknown_one() -> None:
-    listed = [pb.Instrument(id=i.id, kind=i.kind, description=i.description, tick_size=i.tick_size, lot_size=i.lot_size,
-                            price_decimals=i.price_decimals, size_decimals=i.size_decimals) for i in DEFAULT_INSTRUMENTS]
-    assert [i.id for i in select_instruments(listed, ())] == [i.id for i in DEFAULT_INSTRUMENTS]
-    chosen = select_instruments(listed, ("ETH-USD", "BTC-USD", "ETH-USD"))
-    assert [i.id for i in chosen] == ["ETH-USD", "BTC-USD"]
-    assert schema.instrument_json(chosen[1]) == schema.instrument_json(BTC)
-    with pytest.raises(UnknownInstrument, match="'DOGE-USD'"):
-        select_instruments(listed, ("BTC-USD", "DOGE-USD"))
 
 
 # -- the ingest command's lease and metrics flags ------------------------------------------------
