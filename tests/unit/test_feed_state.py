@@ -69,15 +69,21 @@ def test_books_before_a_pub_sub_drop_prove_nothing_after_it() -> None:
     assert feed_reason(True, True, None, 3_000_001, 3.0, books_at=0) == "no heartbeat from the ingestor"
 
 
-def test_a_poll_sent_after_the_last_book_that_finds_no_heartbeat_makes_the_feed_stale_at_once() -> None:
-    # The leading ingestor deletes the heartbeat as soon as its simulator stream is down
-    # (marketdata.ingest.lease): the feed is stale at the next poll, not stale_after later.
+def live_feed() -> tuple[list[int], list[Feed], FeedState]:
+    """A feed made live by a fresh heartbeat and books at 10 s; the clock (settable), what was heard, the state."""
     now = [10_000_000]
     heard: list[Feed] = []
     state = FeedState(3.0, lambda: now[0], heard.append)
     state.polled(schema.encode_heartbeat(now[0], "x"), asked_at=now[0])
     state.connected(True)
     state.books_arrived()
+    return now, heard, state
+
+
+def test_a_poll_sent_after_the_last_book_that_finds_no_heartbeat_makes_the_feed_stale_at_once() -> None:
+    # The leading ingestor deletes the heartbeat as soon as its simulator stream is down
+    # (marketdata.ingest.lease): the feed is stale at the next poll, not stale_after later.
+    now, heard, state = live_feed()
     assert heard[-1].live
     now[0] += 300_000
     state.polled(None, asked_at=now[0] - 1)
@@ -97,12 +103,7 @@ def test_the_first_answer_after_redis_was_unreachable_does_not_read_a_missing_he
     # In a cluster, the heartbeat's shard fails over while the other shards carry books: the
     # heartbeat expired unrenewed meanwhile. Books flowing keep the feed live across that first
     # answer; the next poll trusts a missing heartbeat again.
-    now = [10_000_000]
-    heard: list[Feed] = []
-    state = FeedState(3.0, lambda: now[0], heard.append)
-    state.polled(schema.encode_heartbeat(now[0], "x"), asked_at=now[0])
-    state.connected(True)
-    state.books_arrived()
+    now, heard, state = live_feed()
     live_since = len(heard)
     state.unreachable()
     assert heard[-1].live, "books flow: the heartbeat's shard alone is away"
