@@ -204,6 +204,8 @@ async def _pipelined(client: aredis.Redis, commands: Sequence[Command]) -> list[
     lost, a cancellation) disconnects the connection (redis-py does that itself, so
     no half-read replies go back to the pool) and raises.
     """
+    if not commands:
+        return []
     pool = client.connection_pool
     connection = await pool.get_connection()
     try:
