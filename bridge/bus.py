@@ -54,6 +54,7 @@ INSTRUMENTS_EVERY = 10.0  # seconds between refreshes of the instrument list
 MISS_EVERY = 1.0  # at most one refresh a second for unknown ids
 BACKOFF_BASE = 0.1  # seconds before the first reconnect attempt, half of it jittered
 BACKOFF_CAP = 5.0
+ROUTES_EVERY = 5.0  # cluster: seconds between reads of the slot map that check every channel is on its slot's primary
 SYNC_RETRY_CAP = 1.0  # cluster: at most a second between syncs that fail (a dead primary's channels wait for its successor)
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
@@ -277,9 +278,17 @@ class Bus:
 
     async def _poll(self) -> None:
         interval = min(1.0, self.settings.stale_after / 2)
+        loop = asyncio.get_running_loop()
+        routes_checked = loop.time()
         while True:
             await asyncio.sleep(interval)
             await self._poll_once()
+            if isinstance(self._subs, Shards) and loop.time() - routes_checked >= ROUTES_EVERY:
+                routes_checked = loop.time()
+                try:
+                    await self._subs.recheck()
+                except (*REDIS_ERRORS, asyncio.TimeoutError) as exc:
+                    log.debug("slot map not read again: %s", exc)
 
     async def _poll_once(self) -> None:
         """Read the heartbeat (and the instrument list when due); the feed state hears either way."""

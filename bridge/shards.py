@@ -181,6 +181,21 @@ class Shards:
                 with contextlib.suppress(*LOST_ERRORS, RuntimeError):
                     await shard.subs.aclose()
 
+    async def recheck(self) -> None:
+        """Read the slot map again; channels subscribed on a primary that no longer owns their slot move to the one that does.
+
+        The bus calls it every few seconds: a topology change that no connection loss
+        or pushed `sunsubscribe` announced (a map read from a node that had just
+        restarted and not yet learnt it was replaced, say) heals within that, not never.
+        """
+        await self._refresh()
+        for name, shard in list(self._shards.items()):
+            strays = [c for c in shard.subs.subscribed if self.owner(c) != name]
+            if strays:
+                log.warning("redis shard %s no longer owns %d subscribed channels (%s...); resubscribing them",
+                            name, len(strays), strays[0].decode(errors="replace"))
+                self._moved(strays)
+
     def _dropped(self, channels: list[bytes]) -> None:
         """The server unsubscribed these channels by itself: their slot moved to another primary."""
         log.info("redis moved %d channels (%s...); resubscribing them", len(channels), channels[0].decode(errors="replace"))

@@ -191,8 +191,9 @@ class _Parser(argparse.ArgumentParser):
         shown = ",".join(default) if isinstance(default, tuple) else default
         if shown in ("", None, ()):
             shown = "none"
-        # argparse %-formats help text: a "%" in a value (a URL-quoted password) must be doubled
-        shown = str(shown).replace("%", "%%")
+        # A URL from the environment may carry a password: --help shows it as `user:***@`.
+        # argparse %-formats help text: a "%" left in a value must be doubled.
+        shown = redact(str(shown)).replace("%", "%%")
         self.add_argument(flag, type=_typed(kind), default=default, help=f"{help} [env {env}; default {shown}]")
 
     def flag(self, flag: str, env: str, help: str) -> None:

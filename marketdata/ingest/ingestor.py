@@ -84,6 +84,7 @@ class Ingestor:
         self.metrics_port: int | None = None  # where /metrics listens, once running
         self._leader_key = self.keys.leader.encode()
         self._heartbeat_key = self.keys.heartbeat.encode()
+        self._lease_keys = (self._leader_key, self.keys.leader_token.encode(), self._heartbeat_key)  # lease, token, heartbeat
         self._heartbeat_ms = max(1, round(settings.heartbeat_ttl * 1000))
         self._down_since = 0.0  # loop time the simulator stream went down
         self._was_leading = False  # the role `_role_changed` last counted
@@ -239,7 +240,7 @@ class Ingestor:
             beat_owed = self._beat_owed
             if beat_owed:  # first in the round trip: no bridge sees these books while the heartbeat is missing
                 beat = schema.encode_heartbeat(now_us(), self.source)
-                commands = [self.lease.renew(self._leader_key, self._heartbeat_key, beat, self._heartbeat_ms), *commands]
+                commands = [self.lease.renew(self._lease_keys, beat, self._heartbeat_ms), *commands]
             try:
                 async with timeout(REDIS_TIMEOUT):
                     results = await self._redis.pipeline(commands)
@@ -305,7 +306,7 @@ class Ingestor:
             if not lease.leading and not self.live:
                 await self._live_event.wait()  # no books to publish: no bid
             started = loop.time()
-            await self._lease_step(lease.step(self.live, 0.0 if self.live else started - self._down_since), started)
+            await self._lease_step(lease.step(self.live, 0.0 if self.live else started - self._down_since, started), started)
             await asyncio.sleep(max(0.0, started + lease.interval - loop.time()))
 
     async def _lease_step(self, step: Step, started: float) -> None:
@@ -314,8 +315,10 @@ class Ingestor:
         if step is Step.RELEASE:
             await self._release(f"the simulator stream has been down for {loop.time() - self._down_since:.1f} s")
             return
+        if step is Step.WAIT:
+            return
         beat = schema.encode_heartbeat(now_us(), self.source) if self.live else b""
-        keys = (self._leader_key, self.keys.leader_token.encode(), self._heartbeat_key)
+        keys = self._lease_keys
         note: str | None = None
         try:
             # Not one lease period: a reply waiting for us after a pause still counts; the next renewal's fence says who leads.
@@ -323,14 +326,13 @@ class Ingestor:
                 if step is Step.ACQUIRE:
                     note = lease.acquired(await self._redis.execute_command(*lease.acquire(keys, beat, self._heartbeat_ms)), started)
                 else:
-                    await self._redis.execute_command(*lease.renew(self._leader_key, self._heartbeat_key, beat, self._heartbeat_ms))
-                    lease.renewed(started)
+                    note = lease.renewed(started, await self._redis.execute_command(*lease.renew(keys, beat, self._heartbeat_ms)))
         except ERRORS as exc:
             holder = refusal(str(exc)) if isinstance(exc, ResponseError) else False
             if holder is False:
                 self._redis_unreachable(exc)
                 # A cluster's slot fences, not the lease's TTL, keep a stale leader out: lead on while the `{leader}` shard fails over.
-                note = None if self.settings.redis_cluster else lease.unreachable(loop.time())
+                note = lease.unreachable(loop.time(), keep=self.settings.redis_cluster)
             else:
                 self.stats.fenced_writes += 1  # the renewal, and the heartbeat it carried
                 note = lease.held_by(holder)  # type: ignore[arg-type]

@@ -93,11 +93,29 @@ redis.call('SET', KEYS[1], lease, 'NX', 'PX', ARGV[2])
 if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
 return {1, lease}
 """
-# KEYS: lease, heartbeat; ARGV: value, lease ms, heartbeat payload ('' = the stream is down: delete it), heartbeat ms.
-_RENEW_LUA = FENCE + b"""
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+# KEYS: lease, heartbeat, token; ARGV: value, lease ms, heartbeat payload ('' = the stream is down: delete it), heartbeat ms.
+# KEYS[3] is the token counter: a lease that expired while its holder could not reach
+# Redis (a failover of its server or of its cluster shard) is taken back with the same
+# value when nobody acquired one since (the counter is not above the holder's token; a
+# counter lost with the data is set back to it): the holder, not a standby, leads on.
+# Replies 1 (renewed) or 2 (taken back).
+_RENEW_LUA = b"""
+local lease = redis.call('GET', KEYS[1])
+local back = 1
+if not lease then
+  local mine = tonumber(string.match(ARGV[1], '^%d+'))
+  local counter = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if counter > mine then return redis.error_reply('FENCED -') end
+  if counter < mine then redis.call('SET', KEYS[3], mine) end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  back = 2
+elseif lease ~= ARGV[1] then
+  return redis.error_reply('FENCED ' .. lease)
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) else redis.call('DEL', KEYS[2]) end
-return 1
+return back
 """
 # KEYS: lease; ARGV: value. Deletes the key only if it still holds the caller's value.
 _RELEASE_LUA = b"""
@@ -165,6 +183,7 @@ class Lease:
     until: float = 0.0  # local time our lease surely holds until: when the last confirmed renewal was sent, plus period
     seen: Holder | None = None  # the leader a standby last saw, to log each change once
     retry: float | None = None  # seconds until the lease we saw expires, when that is sooner than P/4
+    hold_off_until: float = 0.0  # local time before which a standby does not bid: it lost sight of the lease
 
     @property
     def leading(self) -> bool:
@@ -181,11 +200,17 @@ class Lease:
     def ms(self) -> bytes:
         return b"%d" % max(1, round(self.period * 1000))
 
-    def step(self, live: bool, down_for: float) -> Step:
-        """What to do now; `down_for` is how long the simulator stream has been down (0 when live)."""
+    def step(self, live: bool, down_for: float, now: float = 0.0) -> Step:
+        """What to do now; `down_for` is how long the simulator stream has been down (0 when live).
+
+        A standby that could not reach the lease holds its bid for one period after its
+        last failed attempt (`unreachable`): a leader that lived through the same outage
+        takes its expired lease back first (the renewal script), so the two never publish
+        side by side; a dead leader is replaced one period later than otherwise.
+        """
         if self.leading:
             return Step.RELEASE if not live and down_for >= self.period else Step.RENEW
-        return Step.ACQUIRE if live else Step.WAIT
+        return Step.ACQUIRE if live and now >= self.hold_off_until else Step.WAIT
 
     # -- commands --------------------------------------------------------------------
 
@@ -194,10 +219,12 @@ class Lease:
         lease, token, beat = keys
         return (b"EVAL", _ACQUIRE_LUA, b"3", lease, token, beat, self.name.encode(), self.ms, b"%d" % self.token, heartbeat, b"%d" % heartbeat_ms)
 
-    def renew(self, lease_key: bytes, heartbeat_key: bytes, heartbeat: bytes, heartbeat_ms: int) -> Command:
-        """Fenced EVAL that extends our lease and refreshes the heartbeat, or deletes it when `heartbeat` is empty."""
+    def renew(self, keys: tuple[bytes, bytes, bytes], heartbeat: bytes, heartbeat_ms: int) -> Command:
+        """Fenced EVAL that extends our lease (or takes it back, expired and untaken) and refreshes the
+        heartbeat, or deletes it when `heartbeat` is empty; `keys` are the lease, token and heartbeat keys."""
         assert self.value is not None, "renew while standing by"
-        return (b"EVAL", _RENEW_LUA, b"2", lease_key, heartbeat_key, self.value, self.ms, heartbeat, b"%d" % heartbeat_ms)
+        lease, token, beat = keys
+        return (b"EVAL", _RENEW_LUA, b"3", lease, beat, token, self.value, self.ms, heartbeat, b"%d" % heartbeat_ms)
 
     def release(self, lease_key: bytes) -> Command:
         """EVAL that deletes the lease key if it still holds our value."""
@@ -223,8 +250,13 @@ class Lease:
         self.seen = holder
         return f"took the lease (token {holder.token}): this ingestor publishes"
 
-    def renewed(self, sent: float) -> None:
+    def renewed(self, sent: float, reply: object = 1) -> str | None:
+        """The renewal's reply: 1 renewed, 2 taken back (it had expired while Redis was out of our reach)."""
         self.until = sent + self.period
+        if reply == 2:
+            holder = Holder.parse(self.value)
+            return f"took the lease back (token {holder.token if holder else '?'}): it expired while Redis was out of reach, and nobody took it"
+        return None
 
     def held_by(self, holder: Holder | None) -> str | None:
         """Redis says `holder` has the lease (None: nobody), not us: stand by, say so on a change."""
@@ -241,9 +273,13 @@ class Lease:
         self.seen = holder
         return f"standing by: {holder} leads"
 
-    def unreachable(self, now: float) -> str | None:
-        """Redis did not answer: once our lease has surely expired, stop believing we lead."""
-        if self.leading and now >= self.until:
+    def unreachable(self, now: float, keep: bool = False) -> str | None:
+        """Redis did not answer: a standby holds its bid (see `step`); a leader, once its lease has surely
+        expired, stops believing it leads, unless it may `keep` leading (a cluster's slot fences guard it)."""
+        if not self.leading:
+            self.hold_off_until = now + self.period
+            return None
+        if not keep and now >= self.until:
             self.value = None
             self.seen = None
             return "lost the lease: it expired before Redis confirmed a renewal; standing by"

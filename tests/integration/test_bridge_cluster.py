@@ -12,6 +12,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
@@ -178,25 +179,9 @@ def read_all(url: str, shards: dict[int, list[Instrument]]) -> dict[int, list[Re
     return {port: [Reader(url, i.id).start() for i in insts] for port, insts in shards.items()}
 
 
-def test_sockets_on_every_shard_get_verified_books(redis_cluster: RedisClusterServer, start_bridge: Callable[..., str]) -> None:
-    redis_cluster.flush()
-    shards = spread(redis_cluster)
-    instruments = [i for insts in shards.values() for i in insts]
-    with Publisher(redis_cluster.url, instruments) as pub:
-        wait_for(lambda: all(pub.seq.values()), what="a book of every instrument")
-        url = start_bridge(redis_cluster.url_for("bridge"))
-        readers = [r for rs in read_all(url, shards).values() for r in rs]
-        try:
-            marks = dict(pub.seq)
-            wait_for(lambda: all(r.newest() > marks[r.instrument] + 5 for r in readers), what="live books on every socket")
-            assert all(r.error is None for r in readers)
-        finally:
-            for r in readers:
-                r.stop()
-
-
-def test_a_dead_primary_heals_its_sockets_and_stalls_no_other(own_cluster: RedisClusterServer, start_bridge: Callable[..., str]) -> None:
-    cluster = own_cluster
+@contextmanager
+def live(cluster: RedisClusterServer, start_bridge: Callable[..., str]) -> Iterator[tuple[Publisher, dict[int, list[Instrument]], dict[int, list[Reader]]]]:
+    """Books of PER_SHARD instruments on each shard published, a bridge, and a socket per instrument getting them live."""
     shards = spread(cluster)
     instruments = [i for insts in shards.values() for i in insts]
     with Publisher(cluster.url, instruments) as pub:
@@ -206,25 +191,40 @@ def test_a_dead_primary_heals_its_sockets_and_stalls_no_other(own_cluster: Redis
         readers = [r for rs in by_shard.values() for r in rs]
         try:
             wait_for(lambda: all(r.newest() > 5 for r in readers), what="live books on every socket")
-            victim = next(iter(shards))
-            killed_at = time.monotonic()
-            cluster.kill(victim)
-            marks = {k: seq + 1 for k, seq in pub.seq.items()}  # + 1: one publish may have been under way at the kill
-            dead = by_shard[victim]
-            wait_for(lambda: all(r.newest() > marks[r.instrument] for r in dead), timeout=HEAL_WITHIN,
-                     what="fresh books on every socket of the dead shard")
-            healed = max(next(t for t, seq in r.books if seq > marks[r.instrument]) for r in dead) - killed_at
-            others = [r for port, rs in by_shard.items() if port != victim for r in rs]
-            now = {r.instrument: r.newest() for r in others}
-            wait_for(lambda: all(r.newest() > now[r.instrument] + 10 for r in others), what="the other shards' books after the heal")
-            until = time.monotonic()
-            gaps = {r.instrument: round(r.longest_gap(killed_at, until), 2) for r in others}
-            print(f"healed {healed:.1f} s after the kill; other shards' longest gaps {gaps}")
-            assert all(g < MAX_GAP for g in gaps.values()), gaps
+            yield pub, shards, by_shard
             assert all(r.error is None for r in readers)
         finally:
             for r in readers:
                 r.stop()
+
+
+def test_sockets_on_every_shard_get_verified_books(redis_cluster: RedisClusterServer, start_bridge: Callable[..., str]) -> None:
+    redis_cluster.flush()
+    with live(redis_cluster, start_bridge) as (pub, _, by_shard):
+        marks = dict(pub.seq)
+        readers = [r for rs in by_shard.values() for r in rs]
+        wait_for(lambda: all(r.newest() > marks[r.instrument] + 5 for r in readers), what="books moving on every socket")
+        assert len(by_shard) == 3 and all(len(rs) == PER_SHARD for rs in by_shard.values())
+
+
+def test_a_dead_primary_heals_its_sockets_and_stalls_no_other(own_cluster: RedisClusterServer, start_bridge: Callable[..., str]) -> None:
+    cluster = own_cluster
+    with live(cluster, start_bridge) as (pub, shards, by_shard):
+        victim = next(iter(shards))
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        marks = {k: seq + 1 for k, seq in pub.seq.items()}  # + 1: one publish may have been under way at the kill
+        dead = by_shard[victim]
+        wait_for(lambda: all(r.newest() > marks[r.instrument] for r in dead), timeout=HEAL_WITHIN,
+                 what="fresh books on every socket of the dead shard")
+        healed = max(next(t for t, seq in r.books if seq > marks[r.instrument]) for r in dead) - killed_at
+        others = [r for port, rs in by_shard.items() if port != victim for r in rs]
+        now = {r.instrument: r.newest() for r in others}
+        wait_for(lambda: all(r.newest() > now[r.instrument] + 10 for r in others), what="the other shards' books after the heal")
+        until = time.monotonic()
+        gaps = {r.instrument: round(r.longest_gap(killed_at, until), 2) for r in others}
+        print(f"healed {healed:.1f} s after the kill; other shards' longest gaps {gaps}")
+        assert all(g < MAX_GAP for g in gaps.values()), gaps
 
 
 def admin(cluster: RedisClusterServer, port: int) -> redis.Redis:
@@ -251,26 +251,14 @@ def migrate(cluster: RedisClusterServer, slot: int, source: int, target: int) ->
 
 def test_a_migrated_slot_moves_its_channel_to_the_new_owner(own_cluster: RedisClusterServer, start_bridge: Callable[..., str]) -> None:
     cluster = own_cluster
-    shards = spread(cluster)
-    instruments = [i for insts in shards.values() for i in insts]
-    with Publisher(cluster.url, instruments) as pub:
-        wait_for(lambda: all(pub.seq.values()), what="a book of every instrument")
-        url = start_bridge(cluster.url_for("bridge"))
-        by_shard = read_all(url, shards)
-        readers = [r for rs in by_shard.values() for r in rs]
-        try:
-            wait_for(lambda: all(r.newest() > 5 for r in readers), what="live books on every socket")
-            source, target = list(shards)[:2]
-            moving = by_shard[source][0]
-            slot = key_slot(KEYS.book(moving.instrument))
-            migrate(cluster, slot, source, target)
-            moved_at = time.monotonic()
-            wait_for(lambda: cluster.primary_for(KEYS.book(moving.instrument)) == target, what="the cluster to agree")
-            mark = pub.seq[moving.instrument] + 1
-            wait_for(lambda: moving.newest() > mark + 10, timeout=HEAL_WITHIN, what="books of the moved instrument from its new owner")
-            gap = moving.longest_gap(moved_at - 1, time.monotonic())
-            print(f"moved slot {slot}: the socket's longest gap {gap:.2f} s")
-            assert all(r.error is None for r in readers)
-        finally:
-            for r in readers:
-                r.stop()
+    with live(cluster, start_bridge) as (pub, shards, by_shard):
+        source, target = list(shards)[:2]
+        moving = by_shard[source][0]
+        slot = key_slot(KEYS.book(moving.instrument))
+        migrate(cluster, slot, source, target)
+        moved_at = time.monotonic()
+        wait_for(lambda: cluster.primary_for(KEYS.book(moving.instrument)) == target, what="the cluster to agree")
+        mark = pub.seq[moving.instrument] + 1
+        wait_for(lambda: moving.newest() > mark + 10, timeout=HEAL_WITHIN, what="books of the moved instrument from its new owner")
+        gap = moving.longest_gap(moved_at - 1, time.monotonic())
+        print(f"moved slot {slot}: the socket's longest gap {gap:.2f} s")

@@ -68,7 +68,7 @@ def test_a_stale_token_writes_nothing(rclient: redis.Redis) -> None:
             with pytest.raises(redis.ResponseError, match=r"^FENCED 2 ingest:b:2:bb$"):
                 rclient.execute_command(*command)
         with pytest.raises(redis.ResponseError, match=r"^FENCED 2 ingest:b:2:bb$"):
-            rclient.execute_command(*old.renew(b"md:leader", b"md:heartbeat", b"late beat", 3000))
+            rclient.execute_command(*old.renew(KEYS, b"late beat", 3000))
         assert rclient.execute_command(*old.release(b"md:leader")) == 0, "not its lease to delete"
         assert rclient.get("md:leader") == new.value
         assert rclient.exists("md:book:BTC-USD", "md:trades:BTC-USD", "md:instruments") == 0
@@ -99,8 +99,29 @@ def test_tokens_only_grow_even_when_redis_loses_them(rclient: redis.Redis) -> No
     lease.acquired(rclient.execute_command(*lease.acquire(KEYS, b"", 3000)), 0.0)
     assert lease.value == b"42 ingest:a:1:aa" and rclient.get("md:leader:token") == b"42"
     assert 0 < rclient.pttl("md:leader") <= 200
-    rclient.execute_command(*lease.renew(b"md:leader", b"md:heartbeat", b"beat", 3000))
+    assert rclient.execute_command(*lease.renew(KEYS, b"beat", 3000)) == 1
     assert 0 < rclient.pttl("md:leader") <= 200 and 2000 < rclient.pttl("md:heartbeat") <= 3000
+
+
+def test_a_leader_takes_its_expired_lease_back_unless_someone_acquired_since(rclient: redis.Redis) -> None:
+    # The lease expired while its holder could not reach Redis (a failover): nobody took it,
+    # so the holder's renewal takes it back, same value, heartbeat and all.
+    lease = Lease("ingest:a:1:aa", 0.2)
+    lease.acquired(rclient.execute_command(*lease.acquire(KEYS, b"", 3000)), 0.0)
+    rclient.delete("md:leader")  # expired
+    assert rclient.execute_command(*lease.renew(KEYS, b"beat", 3000)) == 2
+    assert rclient.get("md:leader") == lease.value and rclient.get("md:heartbeat") == b"beat"
+    rclient.delete("md:leader", "md:leader:token")  # the failover lost the counter too: it is set back to our token
+    assert rclient.execute_command(*lease.renew(KEYS, b"beat", 3000)) == 2
+    assert rclient.get("md:leader:token") == lease.value.split()[0]  # type: ignore[union-attr]
+    # Expired, and a standby acquired (and released) since: the counter moved past us, we are fenced.
+    rclient.delete("md:leader")
+    other = Lease("ingest:b:2:bb", 0.2)
+    other.acquired(rclient.execute_command(*other.acquire(KEYS, b"", 3000)), 0.0)
+    rclient.delete("md:leader", "md:heartbeat")
+    with pytest.raises(redis.ResponseError, match="FENCED -"):
+        rclient.execute_command(*lease.renew(KEYS, b"beat", 3000))
+    assert rclient.get("md:leader") is None and rclient.get("md:heartbeat") is None, "a refused renewal writes nothing"
 
 
 # -- two ingestors in this process -----------------------------------------------------------------

@@ -146,11 +146,13 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_help_shows_env_value_as_default(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("MD_SIM_PORT", "6001")
-    # a "%" in a value (a URL-quoted password) must print as it is, not as a format
-    monkeypatch.setenv("MD_REDIS_URL", "redis://:p%40ss%s@cache:6379/0")
+    # A URL's password never shows (--help output lands in terminals, logs, bug reports), and a
+    # "%" left in a value prints as it is, not as a format.
+    monkeypatch.setenv("MD_REDIS_URL", "redis://:p%40ss%s@cache:6379/0?client_name=a%25b")
     assert "[env MD_SIM_PORT; default 6001]" in folded(exits(capsys, "sim", "--help")[1])
     out = folded(exits(capsys, "ingest", "--help")[1])
-    assert "[env MD_REDIS_URL; default redis://:p%40ss%s@cache:6379/0]" in out
+    assert "[env MD_REDIS_URL; default redis://:***@cache:6379/0?client_name=a%25b]" in out
+    assert "p%40ss" not in out
 
 
 # -- defaults, env, flags ----------------------------------------------------------

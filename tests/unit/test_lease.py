@@ -115,9 +115,33 @@ def test_commands_carry_the_holder_the_fence_and_the_highest_token_seen() -> Non
     cmd = lease.acquire(KEYS, b'{"v":1}', 3000)
     assert cmd[0] == b"EVAL" and cmd[2:] == (b"3", *KEYS, b"ingest:me:1:aa", b"500", b"41", b'{"v":1}', b"3000")
     lease.acquired([1, b"42 ingest:me:1:aa"], 0.0)
-    cmd = lease.renew(b"md:leader", b"md:heartbeat", b"", 3000)
-    assert cmd[1].startswith(FENCE), "a renewal is a fenced write: it carries the heartbeat"
-    assert cmd[2:] == (b"2", b"md:leader", b"md:heartbeat", b"42 ingest:me:1:aa", b"500", b"", b"3000")
+    cmd = lease.renew(KEYS, b"", 3000)
+    assert b"FENCED" in cmd[1], "a renewal is a fenced write: it carries the heartbeat"
+    lease_key, token_key, beat_key = KEYS
+    assert cmd[2:] == (b"3", lease_key, beat_key, token_key, b"42 ingest:me:1:aa", b"500", b"", b"3000")
+
+
+def test_a_standby_that_lost_sight_of_the_lease_holds_its_bid_for_one_period() -> None:
+    lease = standby(period=1.0)
+    assert lease.step(True, 0.0, 10.0) is Step.ACQUIRE
+    assert lease.unreachable(10.0) is None
+    assert lease.step(True, 0.0, 10.5) is Step.WAIT, "a leader that lived through the outage renews first"
+    assert lease.unreachable(10.75) is None  # still out of reach: the hold-off runs from the last failed attempt
+    assert lease.step(True, 0.0, 11.5) is Step.WAIT
+    assert lease.step(True, 0.0, 11.75) is Step.ACQUIRE
+    assert lease.step(False, 1.0, 12.0) is Step.WAIT, "no stream: no bid, as ever"
+
+
+def test_a_leader_keeps_a_lease_it_cannot_reach_only_where_fences_guard_it() -> None:
+    kept = leader(token=5)
+    kept.renewed(0.0)
+    assert kept.unreachable(5.0, keep=True) is None and kept.leading, "a cluster: the slot fences keep a stale leader out"
+    single = leader(token=5)
+    single.renewed(0.0)
+    assert single.unreachable(0.5) is None and single.leading, "not yet expired"
+    assert "lost the lease" in (single.unreachable(1.5) or "") and not single.leading
+    assert kept.renewed(6.0, 2) == "took the lease back (token 5): it expired while Redis was out of reach, and nobody took it"
+    assert kept.renewed(6.3, 1) is None
 
 
 def test_a_standby_bids_again_right_after_the_lease_it_saw_expires() -> None:

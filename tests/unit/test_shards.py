@@ -124,6 +124,27 @@ async def test_a_slot_moved_by_the_server_resubscribes_that_channel_on_its_new_o
     await async_wait_for(lambda: (moving, b"live") in listener.delivered, what="the moved channel's books from its new owner")
 
 
+@pytest.mark.asyncio
+async def test_a_move_nobody_announced_is_found_by_the_periodic_recheck(setup: tuple[FakeCluster, Listener, Shards]) -> None:
+    # The slot moved, but no sunsubscribe came and no connection broke (the map had been read
+    # from a node that did not know yet): the recheck reads the map again and moves the channel.
+    cluster, listener, shards = setup
+    a, b, _ = cluster.nodes
+    moving, staying = books_on(cluster, a)
+    listener.channels = {moving, staying}
+    await shards.sync()
+    await shards.recheck()
+    assert listener.changes == 0 and listener.resubscribed[-1] is None, "nothing moved: nothing to do"
+    cluster.move(moving, b)
+    cluster.data[moving] = b"moved-last"
+    listener.books.clear()
+    await shards.recheck()
+    assert listener.resubscribed[-1] == {moving} and listener.changes == 1
+    await shards.sync()
+    assert subscribed(cluster, b) == {moving} and subscribed(cluster, a) == {staying}
+    assert listener.books == [(moving, b"moved-last")], "healed from the last value on its new owner"
+
+
 # RuntimeError: what uvloop raises when redis-py's reconnect writes to the transport of a dying primary.
 @pytest.mark.parametrize("error", [ConnectionError, RuntimeError])
 @pytest.mark.asyncio
