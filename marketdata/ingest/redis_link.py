@@ -9,35 +9,49 @@ redis-py sends under asyncio.wait_for when one is set, which on Python 3.11 can 
 a cancellation; the caller bounds each round trip with REDIS_TIMEOUT instead.
 client_name: `CLIENT LIST` on any node tells ingestors apart.
 
-On a cluster, redis-py 8.1's cluster pipeline groups commands by node and sends the
-nodes' batches in parallel. With raise_on_error=False it answers per command for
-errors in a reply (a fence's refusal) and for a connection lost mid-reply, but when a
-node refuses the connection (its primary is dead) it raises for the whole pipeline
-and the other nodes' answers are lost. So `pipeline` splits the drain by node itself,
-one cluster pipeline per node, all in parallel, each bounded by NODE_TIMEOUT: a dead
-primary fails its own commands and the other shards' books go out and are counted;
-until `check` passes, a node that failed is not tried again (its commands fail at once).
-redis-py follows MOVED itself (it patches its slot map and sends the command again)
-but does not refresh its map after a connection error inside a pipeline: it would
-keep sending to the dead node. So `check` reads the map again from any node that
-answers, then PINGs every primary: it passes once a failed primary's replica has been
-promoted and the map names it.
+Scripts go as EVALSHA: the ingest user may not SCRIPT LOAD, but every EVAL caches its
+script in the server that ran it, so the commands answered NOSCRIPT (a server restarted,
+a replica just promoted: an empty script cache) are sent again, in the same call, as
+the EVALs they were built as. That saves sending the script's text (about 900 bytes)
+with each command, which on a cluster is one command per slot written.
+
+On a cluster, the lease's commands and the slot map go through redis-py's cluster
+client, but a drain does not: its per-command routing and packing cost several times
+what the scripts themselves cost. `pipeline` splits the drain by node itself (KEYS[1],
+the slot's fence key, names the slot; the cluster client's map names its primary) and
+sends each node's share in an ordinary pipeline on a plain client of that node, all
+nodes in parallel, each bounded by NODE_TIMEOUT: a dead primary fails its own commands
+and the other shards' books go out and are counted; until `check` passes, a node that
+failed is not tried again (its commands fail at once). A MOVED or ASK reply (a slot
+moved) fails its command like any refusal other than a fence's: the ingestor then
+retries through `check`, which reads the map again from any node that answers and
+PINGs every primary: it passes once a failed primary's replica has been promoted and
+the map names it, and the ingestor then publishes every book again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aredis
-from redis.asyncio.cluster import RedisCluster
+from hiredis import pack_command
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import (
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from marketdata.backoff import Backoff
 from marketdata.ingest.lease import Command
+from marketdata.ingest.slot_writes import slot_of
 
 REDIS_TIMEOUT = 5.0  # seconds a Redis round trip may take before the connection counts as lost
 # What a lost server, shard or cluster raises (RedisClusterException, e.g. no node reachable, is no RedisError).
@@ -59,13 +73,16 @@ class RedisLink:
 
     def __init__(self, url: str, cluster: bool, client_name: str) -> None:
         self.cluster = cluster
-        options = {
+        self.url = url
+        self.options = {
             "retry": Retry(NoBackoff(), 0), "socket_connect_timeout": REDIS_TIMEOUT, "socket_timeout": None, "client_name": client_name,
         }
         self.client: aredis.Redis | RedisCluster = (
-            RedisCluster.from_url(url, **options) if cluster else aredis.Redis.from_url(url, **options)
+            RedisCluster.from_url(url, **self.options) if cluster else aredis.Redis.from_url(url, **self.options)
         )
         self._away: dict[str, BaseException] = {}  # cluster nodes that failed a round trip, skipped until `check` passes
+        self._nodes: dict[str, aredis.Redis] = {}  # cluster node name -> a plain client of it, for the drains
+        self._shas = Shas()
 
     def backoff(self) -> Backoff:
         """How to wait between attempts while Redis (or a shard of it) is away."""
@@ -78,40 +95,47 @@ class RedisLink:
 
     async def pipeline(self, commands: Sequence[Command]) -> list[object]:
         """One round trip of `commands` (EVALs whose KEYS[1] names the slot, on a cluster); one result or exception each."""
-        if not self.cluster:
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return await pipe.execute(raise_on_error=False)
         client = self.client
-        assert isinstance(client, RedisCluster)
-        results: list[object] = [None] * len(commands)
+        if not isinstance(client, RedisCluster):
+            return await send_scripts(client, commands, self._shas)
         try:
             await client.initialize()  # a no-op unless redis-py marked its map stale
+            node_of = client.nodes_manager.get_node_from_slot
+            nodes: dict[str, ClusterNode] = {}
             groups: dict[str, list[int]] = {}
             for i, command in enumerate(commands):
-                groups.setdefault(client.get_node_from_key(command[3]).name, []).append(i)  # type: ignore[union-attr]
+                node = node_of(slot_of(command[3]))
+                group = groups.get(node.name)
+                if group is None:
+                    group = groups[node.name] = []
+                    nodes[node.name] = node
+                group.append(i)
         except ERRORS as exc:
             return [exc] * len(commands)
-        answers = await asyncio.gather(*(self._node_round_trip(node, [commands[i] for i in group]) for node, group in groups.items()))
+        answers = await asyncio.gather(*(self._node_round_trip(nodes[name], [commands[i] for i in group]) for name, group in groups.items()))
+        results: list[object] = [None] * len(commands)
         for group, answer in zip(groups.values(), answers):
             for i, result in zip(group, answer):
                 results[i] = result
         return results
 
-    async def _node_round_trip(self, node: str, commands: list[Command]) -> list[object]:
+    async def _node_round_trip(self, node: ClusterNode, commands: list[Command]) -> list[object]:
         """One node's share; a node that failed one is not tried again (a hung one would hold every drain back) until `check` passes."""
-        failed = self._away.get(node)
+        failed = self._away.get(node.name)
         if failed is None:
-            pipe = self.client.pipeline()
-            for command in commands:
-                pipe.execute_command(*_named(command))
             try:
                 async with timeout(NODE_TIMEOUT):
-                    return await pipe.execute(raise_on_error=False)
+                    return await send_scripts(self._node_client(node), commands, self._shas)
             except ERRORS as exc:
-                failed = self._away[node] = exc
+                failed = self._away[node.name] = exc
         return [failed] * len(commands)
+
+    def _node_client(self, node: ClusterNode) -> aredis.Redis:
+        """A plain client of one node, with the credentials and options (TLS included) of the cluster's URL."""
+        client = self._nodes.get(node.name)
+        if client is None:
+            client = self._nodes[node.name] = aredis.Redis.from_url(node_url(self.url, node.host, node.port), **self.options)
+        return client
 
     async def check(self) -> None:
         """Raise unless Redis answers: the server a PING; a cluster its slot map (read again) and every primary a PING."""
@@ -123,9 +147,86 @@ class RedisLink:
             await self.client.nodes_manager.initialize()
             await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
         self._away.clear()
+        primaries = {node.name for node in self.client.get_primaries()}
+        for name in [name for name in self._nodes if name not in primaries]:  # a dead primary's, or a demoted one's
+            await self._nodes.pop(name).aclose()
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        try:
+            for client in self._nodes.values():
+                await client.aclose()
+        finally:
+            await self.client.aclose()
+
+
+class Shas:
+    """The SHA1 of each script text sent, computed once (the scripts are a few constants)."""
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, bytes] = {}
+
+    def __call__(self, script: bytes) -> bytes:
+        sha = self._known.get(script)
+        if sha is None:
+            sha = self._known[script] = hashlib.sha1(script).hexdigest().encode()
+        return sha
+
+
+def as_evalsha(command: Command, shas: Shas) -> Command:
+    """An EVAL as the EVALSHA of its script; any other command as it is."""
+    if command[0] == b"EVAL":
+        return (b"EVALSHA", shas(command[1]), *command[2:])
+    return command
+
+
+def unknown_scripts(results: Sequence[object]) -> list[int]:
+    """Which results say the server did not know the script (NOSCRIPT): those are sent again as EVAL."""
+    return [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+
+
+async def send_scripts(client: aredis.Redis, commands: Sequence[Command], shas: Shas) -> list[object]:
+    """`commands` in one pipeline on `client`, EVALs as EVALSHA; those answered NOSCRIPT again as EVAL, in a second."""
+    results = await _pipelined(client, [as_evalsha(command, shas) for command in commands])
+    again = unknown_scripts(results)
+    if again:
+        for i, result in zip(again, await _pipelined(client, [commands[i] for i in again])):
+            results[i] = result
+    return results
+
+
+async def _pipelined(client: aredis.Redis, commands: Sequence[Command]) -> list[object]:
+    """`commands` written at once on one of `client`'s connections, then their replies read in order.
+
+    What redis-py's pipeline does, less its per-command work: hiredis packs each
+    command in C (redis-py's asyncio packer is Python, the biggest cost of a drain
+    of a script per slot), and the replies go uninterpreted (no callbacks). A reply
+    that is an error is that command's result; any other failure (the connection
+    lost, a cancellation) disconnects the connection (redis-py does that itself, so
+    no half-read replies go back to the pool) and raises.
+    """
+    if not commands:
+        return []
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
+        results: list[object] = []
+        for _ in commands:
+            try:
+                results.append(await connection.read_response())
+            except ResponseError as exc:
+                results.append(exc)
+        return results
+    finally:
+        await pool.release(connection)
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """`url` (credentials, scheme and options: TLS) naming the node at host:port instead."""
+    parts = urlsplit(url)
+    user, at, _ = parts.netloc.rpartition("@")
+    netloc = f"{user}{at}[{host}]:{port}" if ":" in host else f"{user}{at}{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _named(command: Command) -> tuple[str | bytes, ...]:

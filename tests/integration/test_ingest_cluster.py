@@ -234,6 +234,48 @@ async def test_a_standby_takes_over_and_the_old_lease_is_fenced_on_every_slot(
             await stop(task)
 
 
+async def script_calls(url: str, command: str) -> int:
+    """How many times one node ran `command` (eval, evalsha), from its INFO commandstats."""
+    client = aredis.Redis.from_url(url)
+    try:
+        return int((await client.info("commandstats")).get(f"cmdstat_{command}", {}).get("calls", 0))
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_scripts_go_as_evalsha_and_books_flow_on_when_a_node_forgets_them(
+    sim200: str, cluster: RedisClusterServer, admin: RedisCluster
+) -> None:
+    """The drains send each script's SHA, not its text; a node whose script cache is emptied (as a restarted
+    server's or a promoted replica's is) answers NOSCRIPT, and the same drain sends those scripts as EVAL."""
+    async with running(settings(sim200, cluster)) as ing:
+        instruments = await listed(admin)
+        await async_wait_for(lambda: ing.stats.publishes > 2 * UNIVERSE, 15, what="books published")
+        primaries = sorted(by_shard(cluster, instruments))
+        urls = [node_url(cluster, port) for port in primaries]
+        before, drains = [await script_calls(url, "evalsha") for url in urls], ing.stats.drains
+        await async_wait_for(lambda: ing.stats.drains > drains + 20, 10, what="more drains")
+        after = [await script_calls(url, "evalsha") for url in urls]
+        assert all(a > b for a, b in zip(after, before)), "every primary runs the drains' scripts by their SHA"
+        evals = [await script_calls(url, "eval") for url in urls]
+        for url in urls:
+            client = aredis.Redis.from_url(url)
+            await client.script_flush()
+            await client.aclose()
+        flushed, reconnects = now_us(), ing.stats.redis_reconnects
+
+        async def fresh() -> bool:
+            values = [await admin.get(KEYS.book(i.id)) for i in instruments]
+            return sum(v is not None and schema.decode(v)["pts"] > flushed for v in values) > UNIVERSE // 2
+
+        await async_wait_for(fresh, 10, interval=0.1, what="books written after the script caches were flushed")
+        again = [await script_calls(url, "eval") for url in urls]
+        assert all(a > b for a, b in zip(again, evals)), "the scripts sent again as EVAL on every node"
+        assert ing.stats.redis_reconnects == reconnects and ing.stats.fenced_writes == 0, "no drain failed for it"
+        assert ing.redis_up
+
+
 # -- a failover ------------------------------------------------------------------------------
 
 
@@ -288,6 +330,8 @@ async def test_a_killed_primary_heals_and_the_other_shards_keep_flowing(sim200: 
                     await listener.__aexit__()
             for inst in shards[victim]:
                 verified(await admin.get(KEYS.book(inst.id)), insts, inst.id)
+            # The promoted replica's script cache was empty: its books came by the EVAL sent again after NOSCRIPT.
+            assert await script_calls(node_url(own, own.primary_for(KEYS.book(shards[victim][0].id))), "eval") > 0
             stalls = []
             for listener in others:  # the other shards: books all along while the dead one is retried
                 arrivals = [t for _, _, t in listener.messages if t > killed]
