@@ -139,11 +139,11 @@ def cpu(pids: dict[str, int]) -> dict[str, float]:
 
 
 def script_time(admins: list[redis.Redis]) -> tuple[int, int, int]:
-    """(EVAL calls, µs spent in them, clients dropped past their output buffer limit) so far over the primaries.
+    """(EVAL and EVALSHA calls, µs spent in them, clients dropped past their output buffer limit) so far over the primaries.
 
     The scripts' time includes their PUBLISHes; a reader too slow for its messages is dropped
     by the server once its pub/sub output buffer passes the limit (32 MB, or 8 MB for 60 s)."""
-    stats = [a.info("commandstats").get("cmdstat_eval", {}) for a in admins]
+    stats = [s for a in admins for info in [a.info("commandstats")] for s in (info.get("cmdstat_eval", {}), info.get("cmdstat_evalsha", {}))]
     dropped = sum(int(a.info("stats").get("client_output_buffer_limit_disconnections", 0)) for a in admins)
     return sum(int(x.get("calls", 0)) for x in stats), sum(int(x.get("usec", 0)) for x in stats), dropped
 
