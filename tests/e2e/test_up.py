@@ -157,7 +157,10 @@ def up(start_up: Callable[..., Up]) -> Up:
 
 def _role(process: psutil.Process) -> str:
     """'redis', 'sim', 'ingest' or 'bridge' for a child of `up`."""
-    cmdline = process.cmdline()
+    try:
+        cmdline = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return "gone"  # ended since it was listed (a Redis node's own fork, say)
     if "marketdata" in cmdline:
         return cmdline[cmdline.index("marketdata") + 1]
     return "redis" if "server" in process.name() else process.name()

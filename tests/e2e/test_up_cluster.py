@@ -104,7 +104,7 @@ def test_up_brings_a_killed_primary_back_as_a_replica(start_cluster_up: Callable
     bridge_url = _children(up)["bridge"][0].environ()["MD_REDIS_URL"]
     nodes = _nodes(up)
     dead = next(port for port, role in nodes.items() if role == "primary")
-    victim = next(p for p in _children(up)["redis"] if f":{dead}" in " ".join(p.cmdline()))
+    victim = next(p for p in _children(up)["redis"] if f":{dead}" in _cmdline(p))
     victim.kill()
     ask = next(port for port in nodes if port != dead)
 
@@ -117,7 +117,16 @@ def test_up_brings_a_killed_primary_back_as_a_replica(start_cluster_up: Callable
 
     wait_for(rejoined, timeout=30, interval=0.2, what=f"node {dead} back as a replica")
     assert f"restarting redis cluster node {dead}" in up.log
-    assert any(p.pid != victim.pid and f":{dead}" in " ".join(p.cmdline()) for p in _children(up)["redis"])
+    assert any(p.pid != victim.pid and f":{dead}" in _cmdline(p) for p in _children(up)["redis"])
+
+
+def _cmdline(process: psutil.Process) -> str:
+    """Its command line; "" once it is gone. A node's own short-lived forks (a replica's sync) count among the
+    descendants of `up` and may end between the listing and this question."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
 
 
 def _book(port: int, instrument: str) -> dict[str, object] | None:
