@@ -35,6 +35,7 @@ from array import array
 from collections.abc import Collection
 from decimal import Decimal
 
+from bench.raw_pubsub import raw_readers
 from marketdata import schema
 from marketdata.book import checksum
 from marketdata.clock import now_us
@@ -137,7 +138,12 @@ async def single_sender(url: str):  # type: ignore[no-untyped-def]
     from redis.asyncio import Redis
 
     from marketdata.ingest.lease import Fence
-    from marketdata.ingest.publish_queue import Drain, IngestStats, drain_commands, tally
+    from marketdata.ingest.publish_queue import (
+        Drain,
+        IngestStats,
+        drain_commands,
+        tally,
+    )
 
     redis = Redis.from_url(url)
     keys, stats = schema.Keys(), IngestStats()
@@ -263,8 +269,9 @@ async def serve(args: argparse.Namespace) -> None:
     # what the role imports is loaded before its memory is measured
     if args.cluster:
         import bridge.shards  # noqa: F401  # type: ignore[import-not-found]
-    import bridge.subscriptions  # noqa: F401
     import redis.asyncio  # noqa: F401
+
+    import bridge.subscriptions  # noqa: F401
 
     if args.role == "publisher":
         sender = await (cluster_sender if args.cluster else single_sender)(args.url)
@@ -274,8 +281,6 @@ async def serve(args: argparse.Namespace) -> None:
     elif args.role == "reader":
         counters = Counter([c for c, _, _ in templates])
         c0, t0 = time.process_time(), time.perf_counter()
-        from bench.raw_pubsub import raw_readers
-
         readers = await raw_readers(args.url, counters, args.cluster)
         task = asyncio.create_task(asyncio.wait([r.lost for r in readers], return_when=asyncio.FIRST_COMPLETED))
         ready = {"connections": len(readers), "subscribe_s": time.perf_counter() - t0, "subscribe_cpu_s": time.process_time() - c0,

@@ -12,13 +12,23 @@ one command per slot, as SSUBSCRIBE requires).
 from __future__ import annotations
 
 import asyncio
+from array import array
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 
-from bench.cluster_roles import PTS, Counter
 from marketdata.clock import now_us
 from marketdata.slots import key_slot
+
+PTS = b'"pts":'  # the publish time's field in a book, 16 digits of µs after it (bench/cluster_roles.py writes it)
+
+
+class Counter(Protocol):
+    """What a reader counts into (bench.cluster_roles.Counter): messages, and publish-to-read latencies in µs."""
+
+    messages: int
+    latency: array  # of "q": µs each
 
 
 
