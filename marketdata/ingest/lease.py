@@ -69,6 +69,10 @@ if lease ~= ARGV[1] then return redis.error_reply('FENCED ' .. (lease or '-')) e
 # (one slot's write of lease 8 landing after another's of lease 9) stay safe: a lower
 # token is refused, an equal one (the same lease) writes, a higher one raises the fence
 # first. The fence has no TTL: it must outlive every lease that could still write.
+# A takeover (a fence raised over another lease's) also marks the slot for TAKEOVER_MS
+# (`<fence key>:takeover`, same slot): the scripts after it may check that they do not
+# write a book older than the one the key holds (marketdata.ingest.slot_writes).
+TAKEOVER_MS = 3000
 CLUSTER_FENCE = b"""
 local fence = redis.call('GET', KEYS[1])
 if fence ~= ARGV[1] then
@@ -76,6 +80,7 @@ if fence ~= ARGV[1] then
     return redis.error_reply('FENCED ' .. fence)
   end
   redis.call('SET', KEYS[1], ARGV[1])
+  if fence then redis.call('SET', KEYS[1] .. ':takeover', '1', 'PX', '""" + str(TAKEOVER_MS).encode() + b"""') end
 end
 """
 FENCED = "FENCED"  # the first word of a refused script's error
