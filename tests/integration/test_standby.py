@@ -266,14 +266,24 @@ def first_books_after(books: Listener, t0: float, depth: int) -> dict[str, float
 
 
 def assert_in_order(books: Listener) -> None:
-    """Each instrument's books go forward in (epoch, seq): no duplicate, nothing older after newer."""
+    """Each instrument's books go forward in (epoch, seq): nothing older after newer, and a repeat only from a new leader.
+
+    A new leader republishes every book at once; when it takes over before the next event
+    (SIGTERM hands over in milliseconds) that is the book the old leader published last,
+    once more, which the bridges drop as not newer. Anything else repeated is a bug.
+    """
     last: dict[str, tuple[int, int]] = {}
+    repeats: dict[str, int] = {}
     for channel, payload in books.messages:
         if not channel.endswith("zz-settle"):
             msg = schema.decode(payload)
-            order = (msg["epoch"], msg["seq"])
-            assert order > last.get(msg["instrument"], (-1, -1)), f"{msg['instrument']} went from {last[msg['instrument']]} to {order}"
-            last[msg["instrument"]] = order
+            name, order = msg["instrument"], (msg["epoch"], msg["seq"])
+            before = last.get(name, (-1, -1))
+            assert order >= before, f"{name} went from {before} to {order}"
+            if order == before:
+                repeats[name] = repeats.get(name, 0) + 1
+                assert repeats[name] == 1, f"{name} repeated {order} more than once: only a takeover repeats a book"
+            last[name] = order
 
 
 async def _holder_is(client: aredis.Redis, proc: Proc) -> Holder | None:
