@@ -24,7 +24,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -47,6 +46,7 @@ from marketdata.instruments import Instrument
 from marketdata.logs import redact
 from marketdata.schema import Keys
 from marketdata.settings import BridgeSettings
+from marketdata.slots import node_url
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +164,7 @@ class Bus:
 
     def _node_pubsub(self, host: str, port: int) -> PubSub:
         """A pub/sub client of one cluster node, with the credentials and options of settings.redis_url."""
-        parts = urlsplit(self.settings.redis_url)
-        user, at, _ = parts.netloc.rpartition("@")
-        netloc = f"{user}{at}[{host}]:{port}" if ":" in host else f"{user}{at}{host}:{port}"
-        url = urlunsplit(parts._replace(netloc=netloc))
-        return Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2, protocol=2).pubsub()
+        return Redis.from_url(node_url(self.settings.redis_url, host, port), retry=Retry(NoBackoff(), 0), socket_connect_timeout=2, protocol=2).pubsub()
 
     # -- what the hub asks -----------------------------------------------------------
 

@@ -7,11 +7,14 @@ hash to one slot, so the ingestor groups each drain's writes by slot
 (marketdata.ingest.publish_queue) and each group's script is fenced by that slot's
 fence key, `{prefix}:fence:{TAG}`, where TAG is the shortest base-36 string that
 hashes to the slot (the same for every ingestor, whatever instruments it carries).
+`node_url` names one node of a cluster with the credentials and options of the URL a
+role was given for the cluster (the ingestor's and the bridge's per-node connections).
 """
 
 from __future__ import annotations
 
 from binascii import crc_hqx
+from urllib.parse import urlsplit, urlunsplit
 
 SLOTS = 16384
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -54,3 +57,11 @@ def slot_tag(slot: int) -> str:
         _tags = tags  # type: ignore[assignment]
     assert _tags is not None
     return _tags[slot]
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """`url` (credentials, scheme and options: TLS) naming the node at host:port instead."""
+    parts = urlsplit(url)
+    user, at, _ = parts.netloc.rpartition("@")
+    netloc = f"{user}{at}[{host}]:{port}" if ":" in host else f"{user}{at}{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aredis
 from hiredis import pack_command
@@ -52,6 +51,7 @@ from redis.exceptions import (
 from marketdata.backoff import Backoff
 from marketdata.ingest.lease import Command
 from marketdata.ingest.slot_writes import slot_of
+from marketdata.slots import node_url
 
 REDIS_TIMEOUT = 5.0  # seconds a Redis round trip may take before the connection counts as lost
 # What a lost server, shard or cluster raises (RedisClusterException, e.g. no node reachable, is no RedisError).
@@ -219,14 +219,6 @@ async def _pipelined(client: aredis.Redis, commands: Sequence[Command]) -> list[
         return results
     finally:
         await pool.release(connection)
-
-
-def node_url(url: str, host: str, port: int) -> str:
-    """`url` (credentials, scheme and options: TLS) naming the node at host:port instead."""
-    parts = urlsplit(url)
-    user, at, _ = parts.netloc.rpartition("@")
-    netloc = f"{user}{at}[{host}]:{port}" if ":" in host else f"{user}{at}{host}:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _named(command: Command) -> tuple[str | bytes, ...]:

@@ -15,7 +15,6 @@ from redis.exceptions import ConnectionError, MovedError, NoScriptError, Respons
 from marketdata.ingest.redis_link import (
     Shas,
     as_evalsha,
-    node_url,
     send_scripts,
     unknown_scripts,
 )
@@ -135,9 +134,3 @@ async def test_error_replies_are_results_and_a_lost_connection_raises_and_goes_b
     with pytest.raises(ConnectionError):
         await send_scripts(client, evals(2), Shas())  # type: ignore[arg-type]
     assert client.connection_pool.out == 0
-
-
-def test_a_node_url_keeps_the_credentials_scheme_and_options() -> None:
-    url = "rediss://ingest:s3cret@10.0.0.1:7000/0?ssl_cert_reqs=required"
-    assert node_url(url, "10.0.0.2", 7003) == "rediss://ingest:s3cret@10.0.0.2:7003/0?ssl_cert_reqs=required"
-    assert node_url("redis://h:1", "::1", 7001) == "redis://[::1]:7001"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from marketdata.slots import SLOTS, key_slot, slot_tag
+from marketdata.slots import SLOTS, key_slot, node_url, slot_tag
 
 
 @pytest.mark.parametrize(
@@ -29,5 +29,11 @@ def test_key_slot_uses_the_first_tag_only() -> None:
 
 def test_every_slot_has_a_short_tag_that_hashes_to_it() -> None:
     tags = [slot_tag(s) for s in range(SLOTS)]
-    assert all(key_slot("{%s}" % tag) == s for s, tag in enumerate(tags))
+    assert all(key_slot(f"{{{tag}}}") == s for s, tag in enumerate(tags))
     assert len(set(tags)) == SLOTS and max(map(len, tags)) <= 4
+
+
+def test_a_node_url_keeps_the_credentials_scheme_and_options() -> None:
+    url = "rediss://ingest:s3cret@10.0.0.1:7000/0?ssl_cert_reqs=required"
+    assert node_url(url, "10.0.0.2", 7003) == "rediss://ingest:s3cret@10.0.0.2:7003/0?ssl_cert_reqs=required"
+    assert node_url("redis://h:1", "::1", 7001) == "redis://[::1]:7001"
